@@ -1,0 +1,273 @@
+"""The tf.data input pipeline: decode, resize, flip, normalize, pad, and crop ground-truth masks.
+
+`build_dataset` yields one `features` dict per batch (model.fit takes it as x; the model's
+train_step reads these keys). B is the batch size, M = max_instances, S = mask_crop_size,
+P = pad_size:
+
+    "images"          float32 [B, P, P, 3]  (RGB 0..255 - mean) / std; the resized image at the
+                                            top-left, zeros (the normalized mean) in the padding
+    "image_sizes"     float32 [B, 2]        (h, w) of the resized image inside the padding
+    "scales"          float32 [B]           resize factor: resized = original * scale
+    "original_sizes"  int32   [B, 2]        (h, w) of the image file
+    "image_ids"       int64   [B]           COCO image ids
+    "gt_boxes"        float32 [B, M, 4]     [y1, x1, y2, x2], pixels of the resized (and flipped)
+                                            image; padding rows zero
+    "gt_classes"      int32   [B, M]        contiguous class 1..K; padding rows -1
+    "gt_masks"        float32 [B, M, S, S]  each instance mask resampled at the S x S bin centres
+                                            of its own gt box (values in [0, 1], threshold at 0.5);
+                                            padding rows zero
+    "num_gt"          int32   [B]           valid rows of the gt_* tensors
+
+Everything per image runs as TensorFlow ops inside Dataset.map: read and decode the file, decode
+the run-length masks, crop them to their boxes at the original resolution (resizing the image
+does not change a crop of the box; a flip mirrors it), resize, flip, normalize, pad.
+"""
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from mask_rcnn_tf.ops.mask_ops import crop_masks
+
+logger = logging.getLogger("mask_rcnn_tf.data")
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def _record_tensors(records, max_instances):
+    """Packs image records into tensors for Dataset.from_tensor_slices.
+
+    Args:
+        records: list of ImageRecord (see data/coco.py).
+        max_instances: instances kept per image, the first ones in file order.
+
+    Returns:
+        dict of "path" string [N], "image_id" int64 [N], "size" int32 [N, 2] (h, w), "boxes"
+        ragged float32 [N, (n), 4], "classes" ragged int32 [N, (n)], "mask_counts" ragged int32
+        [N, (n), (R)] (uncompressed COCO RLE run lengths per instance).
+    """
+    kept = [min(len(r.classes), max_instances) for r in records]
+    num_truncated = sum(len(r.classes) > max_instances for r in records)
+    if num_truncated:
+        logger.info("%d images have more than max_instances=%d instances; keeping the first %d "
+                    "of each", num_truncated, max_instances, max_instances)
+    counts = [c for r, n in zip(records, kept) for c in r.mask_counts[:n]]
+    flat_counts = np.concatenate(counts) if counts else np.zeros([0], np.int32)
+    boxes = [r.boxes[:n] for r, n in zip(records, kept)]
+    classes = [r.classes[:n] for r, n in zip(records, kept)]
+    kept = np.array(kept, np.int64)
+    return {
+        "path": tf.constant([r.path for r in records]),
+        "image_id": tf.constant([r.image_id for r in records], tf.int64),
+        "size": tf.constant([[r.height, r.width] for r in records], tf.int32),
+        "boxes": tf.RaggedTensor.from_row_lengths(
+            np.concatenate(boxes).astype(np.float32).reshape(-1, 4), kept),
+        "classes": tf.RaggedTensor.from_row_lengths(
+            np.concatenate(classes).astype(np.int32), kept),
+        "mask_counts": tf.RaggedTensor.from_nested_row_lengths(
+            flat_counts.astype(np.int32), [kept, np.array([len(c) for c in counts], np.int64)]),
+    }
+
+
+def decode_rle_masks(counts, height, width):
+    """Decodes uncompressed COCO run-length counts into full masks.
+
+    Each 1-run [start, end) adds +1 at its start and -1 at its end in one flat buffer over all
+    masks; a cumulative sum then gives the mask. This needs O(n h w) memory, unlike tf.repeat
+    of the run values, whose internal [runs, longest run] mask can be far larger.
+
+    Args:
+        counts: int32 RaggedTensor [n, (R)]: per mask, run lengths over the column-major
+            flattened [height, width] mask, alternating 0-runs and 1-runs starting with 0-runs;
+            each row sums to height * width.
+        height: int32 scalar.
+        width: int32 scalar.
+
+    Returns:
+        uint8 [n, height, width], values 0 / 1.
+    """
+    num_masks = counts.nrows(out_type=tf.int64)
+    mask_size = tf.cast(height, tf.int64) * tf.cast(width, tf.int64)
+    runs = tf.cast(counts.flat_values, tf.int64)
+    row_ids = counts.value_rowids()
+    # Rows sum to mask_size, so a running sum over all rows lands each run at its position in
+    # the flat [n * h * w] buffer.
+    ends = tf.cumsum(runs)
+    run_index = tf.range(tf.size(runs, out_type=tf.int64)) - tf.gather(counts.row_starts(), row_ids)
+    is_one = tf.math.equal(run_index % 2, 1)
+    ones_ends = tf.boolean_mask(ends, is_one)
+    ones_starts = ones_ends - tf.boolean_mask(runs, is_one)
+    edges = tf.scatter_nd(
+        tf.concat([ones_starts, ones_ends], 0)[:, None],
+        tf.concat([tf.ones_like(ones_starts, tf.int8), -tf.ones_like(ones_ends, tf.int8)], 0),
+        [num_masks * mask_size + 1])
+    flat = tf.cast(tf.cumsum(edges[:-1]), tf.uint8)
+    return tf.transpose(tf.reshape(flat, tf.stack([num_masks, tf.cast(width, tf.int64),
+                                                   tf.cast(height, tf.int64)])), [0, 2, 1])
+
+
+def resize_scale(height, width, min_size, max_size):
+    """Resize factor of torchvision's GeneralizedRCNNTransform.
+
+    Args:
+        height, width: float32 scalars, original image size.
+        min_size: target short side.
+        max_size: cap on the long side.
+
+    Returns:
+        float32 scalar min(min_size / min(h, w), max_size / max(h, w)).
+    """
+    return tf.minimum(min_size / tf.minimum(height, width), max_size / tf.maximum(height, width))
+
+
+def preprocess_image(image, *, min_size, max_size, pad_size, mean=IMAGENET_MEAN,
+                     std=IMAGENET_STD):
+    """Resizes, normalizes and pads one image as the model expects it (training and serving).
+
+    Args:
+        image: uint8 or float [h, w, 3] RGB, 0..255.
+        min_size, max_size: resize targets (see resize_scale); pad_size: side of the output.
+
+    Returns:
+        (image float32 [pad_size, pad_size, 3] normalized, the resized image at the top-left;
+        resized_size int32 [2] (h, w); scale float32 scalar, resized = original * scale).
+    """
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = resize_scale(size[0], size[1], float(min_size), float(max_size))
+    resized_size = tf.cast(tf.round(size * scale), tf.int32)
+    image = tf.image.resize(tf.cast(image, tf.float32), resized_size, method="bilinear",
+                            antialias=False)
+    image = (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    image = tf.image.pad_to_bounding_box(image, 0, 0, pad_size, pad_size)
+    image.set_shape([pad_size, pad_size, 3])
+    return image, resized_size, scale
+
+
+def _flip(image, resized_width, boxes, mask_crops):
+    """Mirrors left-right the resized image inside the padded input [P, P, 3], its boxes [n, 4]
+    yxyx pixels and mask crops [n, S, S]."""
+    width = tf.cast(resized_width, tf.float32)
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    flipped = tf.reverse_sequence(image[None], [resized_width], seq_axis=2, batch_axis=0)[0]
+    return (flipped, tf.stack([y1, width - x2, y2, width - x1], axis=-1),
+            mask_crops[:, :, ::-1])
+
+
+def _pad_rows(tensor, max_instances, value):
+    paddings = [[0, max_instances - tf.shape(tensor)[0]]] + [[0, 0]] * (tensor.shape.rank - 1)
+    padded = tf.pad(tensor, paddings, constant_values=value)
+    padded.set_shape([max_instances] + tensor.shape[1:].as_list())
+    return padded
+
+
+def _make_example_fn(*, training, min_size, max_size, pad_size, max_instances, mask_crop_size,
+                     flip_probability, mean, std):
+    def example(record, flip_seed=None):
+        image = tf.io.decode_image(tf.io.read_file(record["path"]), channels=3,
+                                   expand_animations=False)
+        original_size = tf.shape(image)[:2]
+        check = tf.debugging.Assert(
+            tf.reduce_all(tf.equal(original_size, record["size"])),
+            [record["path"], "image size (h, w)", original_size,
+             "differs from height, width in the annotations file", record["size"]])
+        with tf.control_dependencies([check]):
+            masks = decode_rle_masks(record["mask_counts"], record["size"][0], record["size"][1])
+        boxes = tf.reshape(record["boxes"], [-1, 4])
+        mask_crops = crop_masks(masks, boxes, mask_crop_size)
+
+        image, resized_size, scale = preprocess_image(
+            image, min_size=min_size, max_size=max_size, pad_size=pad_size, mean=mean, std=std)
+        boxes = boxes * scale
+        if training:
+            flip = tf.random.stateless_uniform([], seed=tf.stack([flip_seed, 0])) < flip_probability
+            image, boxes, mask_crops = tf.cond(
+                flip, lambda: _flip(image, resized_size[1], boxes, mask_crops),
+                lambda: (image, boxes, mask_crops))
+        return {
+            "images": image,
+            "image_sizes": tf.cast(resized_size, tf.float32),
+            "scales": scale,
+            "original_sizes": original_size,
+            "image_ids": record["image_id"],
+            "gt_boxes": _pad_rows(boxes, max_instances, 0.0),
+            "gt_classes": _pad_rows(record["classes"], max_instances, -1),
+            "gt_masks": _pad_rows(mask_crops, max_instances, 0.0),
+            "num_gt": tf.shape(boxes)[0],
+        }
+
+    return example
+
+
+def _check_arguments(dataset, batch_size, min_size, max_size, pad_size, max_instances,
+                     mask_crop_size, flip_probability, mean, std, shuffle_buffer):
+    if not dataset.records:
+        raise ValueError(f"{dataset.annotations_path}: dataset has no images")
+    for name, value in (("batch_size", batch_size), ("max_instances", max_instances),
+                        ("mask_crop_size", mask_crop_size), ("shuffle_buffer", shuffle_buffer),
+                        ("pad_size", pad_size)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (min_size > 0 and max_size > 0):
+        raise ValueError(f"min_size and max_size must be positive, got {min_size!r}, {max_size!r}")
+    if pad_size % 32 or pad_size < max_size:
+        raise ValueError(f"pad_size must be a multiple of 32 and >= max_size={max_size}, "
+                         f"got {pad_size}")
+    if not 0.0 <= flip_probability <= 1.0:
+        raise ValueError(f"flip_probability must be in [0, 1], got {flip_probability!r}")
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"mean and std must be 3 values, std positive; got {mean!r}, {std!r}")
+
+
+def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size, max_instances,
+                  mask_crop_size, flip_probability=0.5, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                  shuffle_buffer=1024, seed=None, repeat=None):
+    """Builds the batched input pipeline over a loaded COCO dataset.
+
+    Training: shuffle, repeat, random horizontal flip, batches of exactly batch_size. Evaluation:
+    file order, no flip, every image once, the last partial batch kept. Images with more than
+    max_instances instances keep the first max_instances (one log line). The resized size is
+    round(original * scale); boxes are scaled by `scale` itself, so they can differ from the
+    resampled content by under half a pixel.
+
+    Args:
+        dataset: CocoDataset from data/coco.py.
+        training: training or evaluation behaviour, as above.
+        batch_size: images per batch.
+        min_size: target short side of the resized image, pixels.
+        max_size: cap on the long side of the resized image, pixels.
+        pad_size: side of the padded square input, a multiple of 32 >= max_size.
+        max_instances: ground-truth rows per image.
+        mask_crop_size: side S of the stored mask crops.
+        flip_probability: probability of a horizontal flip when training.
+        mean: per-channel RGB mean on the 0..255 scale.
+        std: per-channel RGB standard deviation on the 0..255 scale.
+        shuffle_buffer: shuffle buffer size (capped at the number of images).
+        seed: seeds shuffling and flips, making the order reproducible; None: nondeterministic.
+        repeat: repeat forever (True) or stop after one pass (False); None: repeat when training.
+
+    Returns:
+        tf.data.Dataset of feature dicts, keys and shapes as in this module's docstring.
+    """
+    _check_arguments(dataset, batch_size, min_size, max_size, pad_size, max_instances,
+                     mask_crop_size, flip_probability, mean, std, shuffle_buffer)
+    records = tf.data.Dataset.from_tensor_slices(_record_tensors(dataset.records, max_instances))
+    if training:
+        records = records.shuffle(min(shuffle_buffer, len(dataset.records)), seed=seed,
+                                  reshuffle_each_iteration=True)
+    if repeat is None:
+        repeat = training
+    if repeat:
+        records = records.repeat()
+    example = _make_example_fn(
+        training=training, min_size=float(min_size), max_size=float(max_size),
+        pad_size=int(pad_size), max_instances=int(max_instances),
+        mask_crop_size=int(mask_crop_size), flip_probability=float(flip_probability),
+        mean=mean, std=std)
+    if training:
+        # One random value per element drives that element's flip: reproducible under a seed
+        # regardless of how map's parallel calls are scheduled.
+        records = tf.data.Dataset.zip((records, tf.data.Dataset.random(seed=seed)))
+    examples = records.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    return examples.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

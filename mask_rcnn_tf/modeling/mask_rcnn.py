@@ -1,0 +1,173 @@
+"""The Mask R-CNN keras.Model: forward pass, training targets, losses, train/test steps.
+
+Shapes: B images, H x W padded input, M padded ground-truth instances, S sampled RoIs per image,
+F foreground slots of the mask branch, D detections per image, K classes including background.
+Boxes are [y1, x1, y2, x2] float32 pixels of the padded input.
+
+Inputs (a dict, as `data.pipeline` yields it):
+    images float [B, H, W, 3] normalized; image_sizes float32 [B, 2] (h, w) inside the padding;
+    for training also gt_boxes float32 [B, M, 4], gt_classes int32 [B, M] (-1 padding) and
+    gt_masks float [B, M, Sm, Sm] (each mask cropped to its own box).
+"""
+
+import keras
+import tensorflow as tf
+
+from mask_rcnn_tf.modeling import losses
+from mask_rcnn_tf.ops import anchors as anchor_ops
+from mask_rcnn_tf.ops import mask_ops, targets
+
+LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "box_class_loss", "box_loss", "mask_loss")
+
+
+class MaskRCNN(keras.Model):
+    """Backbone + FPN + RPN + box head + mask head.
+
+    `call(inputs, training=True)` returns the tensors the losses need (it samples anchors and
+    RoIs against the ground truth in `inputs`); `call(inputs, training=False)` returns
+    detections: detection_boxes [B, D, 4], detection_scores [B, D], detection_classes int32
+    [B, D] (0 on padding), num_detections int32 [B] and detection_masks float32 [B, D, 2P, 2P]
+    (mask probabilities inside each box).
+    """
+
+    def __init__(self, *, backbone, fpn, rpn_head, proposal_generator, box_roi_align,
+                 mask_roi_align, box_head, mask_head, detection_generator, anchor_sizes,
+                 anchor_aspect_ratios, anchor_offset, rpn_sampling, roi_sampling, rpn_beta,
+                 box_beta, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.fpn = fpn
+        self.rpn_head = rpn_head
+        self.proposal_generator = proposal_generator
+        self.box_roi_align = box_roi_align
+        self.mask_roi_align = mask_roi_align
+        self.box_head = box_head
+        self.mask_head = mask_head
+        self.detection_generator = detection_generator
+        self.anchor_sizes = tuple(anchor_sizes)
+        self.anchor_aspect_ratios = tuple(anchor_aspect_ratios)
+        self.anchor_offset = anchor_offset
+        self.rpn_sampling = dict(rpn_sampling)
+        self.roi_sampling = dict(roi_sampling)
+        self.rpn_beta = rpn_beta
+        self.box_beta = box_beta
+        # Foreground RoIs come first in each sample, so this many rows hold all of them.
+        self.max_foreground = int(roi_sampling["num_samples"] * roi_sampling["positive_fraction"])
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_NAMES}
+
+    @property
+    def metrics(self):
+        return list(self.loss_trackers.values())
+
+    @property
+    def rpn_level_names(self):
+        return ["p2", "p3", "p4", "p5", "p6"][: len(self.anchor_sizes)]
+
+    def _anchors(self, rpn_features):
+        sizes = [(int(f.shape[1]), int(f.shape[2])) for f in rpn_features]
+        strides = [2 ** (level + 2) for level in range(len(rpn_features))]
+        return anchor_ops.generate_anchors(sizes, strides, self.anchor_sizes,
+                                           self.anchor_aspect_ratios, self.anchor_offset)
+
+    def call(self, inputs, training=False):
+        return self.forward(inputs, training=training, with_targets=training)
+
+    def forward(self, inputs, training, with_targets):
+        """Runs the network; `with_targets` selects the loss outputs over detections."""
+        image_sizes = tf.cast(inputs["image_sizes"], tf.float32)
+        features = self.fpn(self.backbone(inputs["images"], training=training), training=training)
+        rpn_features = [features[name] for name in self.rpn_level_names]
+        rpn_logits, rpn_deltas = self.rpn_head(rpn_features)
+        anchors = self._anchors(rpn_features)
+        proposals, _, proposal_valid = self.proposal_generator(
+            rpn_logits, rpn_deltas, anchors, image_sizes, training=with_targets)
+        if with_targets:
+            return self._training_outputs(inputs, features, rpn_logits, rpn_deltas, anchors,
+                                          proposals, proposal_valid, training)
+        return self._detect(features, proposals, proposal_valid, image_sizes, training)
+
+    def _training_outputs(self, inputs, features, rpn_logits, rpn_deltas, anchors, proposals,
+                          proposal_valid, training):
+        gt_boxes = tf.cast(inputs["gt_boxes"], tf.float32)
+        gt_classes = tf.cast(inputs["gt_classes"], tf.int32)
+        gt_valid = gt_classes > 0
+        rpn = targets.rpn_targets(tf.concat(anchors, axis=0), gt_boxes, gt_valid,
+                                  **self.rpn_sampling)
+        sampled = targets.sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid,
+                                      **self.roi_sampling)
+        class_logits, box_deltas = self.box_head(
+            self.box_roi_align(features, sampled["rois"]), training=training)
+        fg = slice(0, self.max_foreground)
+        fg_rois = sampled["rois"][:, fg]
+        mask_logits = self.mask_head(self.mask_roi_align(features, fg_rois), training=training)
+        mask_targets = mask_ops.mask_targets(
+            tf.cast(inputs["gt_masks"], tf.float32), gt_boxes, fg_rois,
+            sampled["matched_gt"][:, fg], int(mask_logits.shape[2]))
+        return {
+            "rpn_logits": tf.gather(tf.concat(rpn_logits, axis=1), rpn["indices"], batch_dims=1),
+            "rpn_deltas": tf.gather(tf.concat(rpn_deltas, axis=1), rpn["indices"], batch_dims=1),
+            "rpn_labels": rpn["labels"],
+            "rpn_valid": rpn["valid"],
+            "rpn_box_targets": rpn["box_targets"],
+            "class_logits": class_logits,
+            "box_deltas": box_deltas,
+            "roi_classes": sampled["classes"],
+            "roi_box_targets": sampled["box_targets"],
+            "roi_is_foreground": sampled["is_foreground"],
+            "roi_valid": sampled["valid"],
+            "mask_logits": mask_logits,
+            "mask_targets": tf.cast(mask_targets >= 0.5, tf.float32),
+            "mask_classes": sampled["classes"][:, fg],
+            "mask_is_foreground": sampled["is_foreground"][:, fg],
+        }
+
+    def _detect(self, features, proposals, proposal_valid, image_sizes, training):
+        class_logits, box_deltas = self.box_head(
+            self.box_roi_align(features, proposals), training=training)
+        detections = self.detection_generator(class_logits, box_deltas, proposals,
+                                              proposal_valid, image_sizes)
+        mask_logits = self.mask_head(
+            self.mask_roi_align(features, detections["detection_boxes"]), training=training)
+        class_logits = tf.gather(tf.transpose(mask_logits, [0, 1, 4, 2, 3]),
+                                 detections["detection_classes"], batch_dims=2)
+        detections["detection_masks"] = tf.sigmoid(class_logits)
+        return detections
+
+    def compute_losses(self, outputs):
+        """Returns a dict of the five scalar float32 losses (names in LOSS_NAMES)."""
+        return {
+            "rpn_objectness_loss": losses.rpn_objectness_loss(
+                outputs["rpn_logits"], outputs["rpn_labels"], outputs["rpn_valid"]),
+            "rpn_box_loss": losses.rpn_box_loss(
+                outputs["rpn_deltas"], outputs["rpn_box_targets"], outputs["rpn_labels"],
+                outputs["rpn_valid"], self.rpn_beta),
+            "box_class_loss": losses.box_class_loss(
+                outputs["class_logits"], outputs["roi_classes"], outputs["roi_valid"]),
+            "box_loss": losses.box_regression_loss(
+                outputs["box_deltas"], outputs["roi_classes"], outputs["roi_box_targets"],
+                outputs["roi_is_foreground"], outputs["roi_valid"], self.box_beta),
+            "mask_loss": losses.mask_loss(
+                outputs["mask_logits"], outputs["mask_classes"], outputs["mask_targets"],
+                outputs["mask_is_foreground"]),
+        }
+
+    def _report(self, loss_values, total):
+        self.loss_trackers["loss"].update_state(total)
+        for name in LOSS_NAMES:
+            self.loss_trackers[name].update_state(loss_values[name])
+        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            loss_values = self.compute_losses(self(data, training=True))
+            total = tf.add_n(list(loss_values.values()))
+            # Gradients are summed over replicas, so each replica contributes its share.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(total / replicas)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return self._report(loss_values, total)
+
+    def test_step(self, data):
+        loss_values = self.compute_losses(self.forward(data, training=False, with_targets=True))
+        return self._report(loss_values, tf.add_n(list(loss_values.values())))

@@ -1,0 +1,167 @@
+"""Instance masks: fixed-size crops of ground truth, mask-head targets, pasting predictions.
+
+Every resampling here samples bin centres of a box with bilinear interpolation and zero outside
+the sampled map (crop_and_resize_aligned). A mask "in a box" of side S covers the box exactly:
+mask cell k spans [y1 + k h / S, y1 + (k + 1) h / S) of the box's frame.
+
+Shapes: B images, N boxes, M gt rows, R RoIs, S stored crop side, P target side.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from mask_rcnn_tf.ops.roi_align import crop_and_resize_aligned
+
+
+def crop_masks(masks, boxes, output_size):
+    """Resample each full-image mask at the S x S bin centres of its box.
+
+    Args:
+        masks: float [N, H, W], full-image masks (0 / 1).
+        boxes: float32 [N, 4], [y1, x1, y2, x2], pixels of the mask's image.
+        output_size: Python int S.
+
+    Returns:
+        float32 [N, S, S], bilinear, zero outside the image.
+    """
+    crops = crop_and_resize_aligned(
+        tf.cast(masks, tf.float32)[..., None], boxes, tf.range(tf.shape(masks)[0]), output_size)
+    return crops[..., 0]
+
+
+def _boxes_in_frame(boxes, frames, frame_size):
+    """Express boxes in the pixel frame of a grid of frame_size cells laid over each frame box.
+
+    Args:
+        boxes: float32 [..., 4], [y1, x1, y2, x2], pixels.
+        frames: float32 [..., 4], [y1, x1, y2, x2], pixels, the boxes the grids cover.
+        frame_size: (h, w) Python ints, the grid's cells per side.
+
+    Returns:
+        float32 [..., 4]; finite (all zeros) when a frame is empty.
+    """
+    fy1, fx1, fy2, fx2 = tf.unstack(frames, axis=-1)
+    scale_y = tf.math.divide_no_nan(float(frame_size[0]), fy2 - fy1)
+    scale_x = tf.math.divide_no_nan(float(frame_size[1]), fx2 - fx1)
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    return tf.stack([(y1 - fy1) * scale_y, (x1 - fx1) * scale_x,
+                     (y2 - fy1) * scale_y, (x2 - fx1) * scale_x], axis=-1)
+
+
+def mask_targets(gt_mask_crops, gt_boxes, rois, matched_gt, output_size):
+    """Mask-head targets: each RoI's matched gt mask resampled at the RoI's P x P bin centres.
+
+    The stored crop covers exactly its gt box and the mask is zero outside that box, so the RoI
+    is expressed in the crop's pixel frame and the crop is sampled there, zero outside it.
+
+    Args:
+        gt_mask_crops: float [B, M, S, S], each gt mask cropped to its own gt box (crop_masks).
+        gt_boxes: float32 [B, M, 4], [y1, x1, y2, x2], input pixels.
+        rois: float32 [B, R, 4], [y1, x1, y2, x2], input pixels.
+        matched_gt: int32 [B, R], row of gt_boxes matched to each RoI.
+        output_size: Python int P.
+
+    Returns:
+        float32 [B, R, P, P] in [0, 1] (finite for RoIs matched to empty padding boxes).
+
+    Raises:
+        ValueError: the crop size S is not static.
+    """
+    gt_mask_crops = tf.cast(gt_mask_crops, tf.float32)
+    crop_size = gt_mask_crops.shape[-1]
+    if crop_size is None:
+        raise ValueError("mask_targets: gt_mask_crops needs a static crop size S")
+    batch_size = tf.shape(gt_mask_crops)[0]
+    num_gt = tf.shape(gt_mask_crops)[1]
+    num_rois = tf.shape(rois)[1]
+    matched_gt = tf.cast(matched_gt, tf.int32)
+    matched_boxes = tf.gather(tf.cast(gt_boxes, tf.float32), matched_gt, batch_dims=1)
+    roi_in_crop = _boxes_in_frame(tf.cast(rois, tf.float32), matched_boxes, (crop_size, crop_size))
+    crop_indices = matched_gt + tf.range(batch_size)[:, None] * num_gt
+    targets = crop_and_resize_aligned(
+        tf.reshape(gt_mask_crops, [-1, crop_size, crop_size, 1]),
+        tf.reshape(roi_in_crop, [-1, 4]), tf.reshape(crop_indices, [-1]), output_size)
+    return tf.reshape(targets, [batch_size, num_rois, output_size, output_size])
+
+
+def paste_masks(masks, boxes, image_size):
+    """Paste box-relative mask probabilities into full images.
+
+    Image pixel centre (y + 0.5, x + 0.5) is sampled in the mask's frame (bilinear between mask
+    cell centres); the mask is padded by one zero cell, so values fade to 0 across the box edge
+    (0.5 * edge value on the edge) and are exactly 0 from half a mask cell outside the box.
+    One crop_and_resize call: the image, seen as a box in each mask's pixel frame, is cropped
+    at h x w bin centres.
+
+    Args:
+        masks: float [B, N, Mm, Mm], probabilities inside each box.
+        boxes: float32 [B, N, 4], [y1, x1, y2, x2], pixels of the target image.
+        image_size: (h, w) Python ints.
+
+    Returns:
+        float32 [B, N, h, w]; all zeros for empty boxes.
+
+    Raises:
+        ValueError: the mask size is not static.
+    """
+    height, width = image_size
+    masks = tf.cast(masks, tf.float32)
+    boxes = tf.cast(boxes, tf.float32)
+    mask_height, mask_width = masks.shape[-2], masks.shape[-1]
+    if mask_height is None or mask_width is None:
+        raise ValueError(f"paste_masks: masks need a static size, got shape {masks.shape}")
+    batch_size = tf.shape(masks)[0]
+    num_boxes = tf.shape(masks)[1]
+    image_box = tf.constant([0.0, 0.0, height, width], tf.float32)
+    image_in_mask = _boxes_in_frame(image_box, boxes, (mask_height, mask_width))
+    flat = tf.reshape(image_in_mask, [-1, 4])
+    pasted = crop_and_resize_aligned(
+        tf.reshape(masks, [-1, mask_height, mask_width, 1]), flat,
+        tf.range(tf.shape(flat)[0]), (height, width))
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    # An empty box maps the whole image onto one mask point; its paste must be empty instead.
+    non_empty = tf.cast((y2 > y1) & (x2 > x1), tf.float32)
+    pasted = tf.reshape(pasted, [batch_size, num_boxes, height, width])
+    return pasted * non_empty[:, :, None, None]
+
+
+def _zero_padded_weights(coords, size):
+    """[n, size] bilinear weights of index coordinates `coords` on `size` cells, zero outside."""
+    low = np.floor(coords)
+    frac = coords - low
+    low = low.astype(np.int64)
+    cells = np.arange(size)
+    return ((cells[None, :] == low[:, None]) * (1.0 - frac)[:, None]
+            + (cells[None, :] == low[:, None] + 1) * frac[:, None])
+
+
+def paste_masks_numpy(mask, box, image_size):
+    """NumPy twin of paste_masks for one mask (no TensorFlow needed, e.g. in a gRPC client).
+
+    Args:
+        mask: float [Mm, Mw] NumPy array, probabilities inside the box.
+        box: 4 floats [y1, x1, y2, x2], pixels of the target image.
+        image_size: (h, w) Python ints.
+
+    Returns:
+        float32 [h, w] NumPy array; zero outside the box's neighbourhood and for an empty box.
+    """
+    mask = np.asarray(mask, np.float64)
+    y1, x1, y2, x2 = (float(v) for v in box)
+    height, width = image_size
+    out = np.zeros((height, width), np.float32)
+    if not (y2 > y1 and x2 > x1):
+        return out
+    cell_h = (y2 - y1) / mask.shape[0]
+    cell_w = (x2 - x1) / mask.shape[1]
+    # Only pixels within one mask cell of the box can be non-zero.
+    row0, row1 = max(int(np.floor(y1 - cell_h)), 0), min(int(np.ceil(y2 + cell_h)), height)
+    col0, col1 = max(int(np.floor(x1 - cell_w)), 0), min(int(np.ceil(x2 + cell_w)), width)
+    if row0 >= row1 or col0 >= col1:
+        return out
+    mask_rows = (np.arange(row0, row1) + 0.5 - y1) / cell_h - 0.5
+    mask_cols = (np.arange(col0, col1) + 0.5 - x1) / cell_w - 0.5
+    weights_y = _zero_padded_weights(mask_rows, mask.shape[0])
+    weights_x = _zero_padded_weights(mask_cols, mask.shape[1])
+    out[row0:row1, col0:col1] = weights_y @ mask @ weights_x.T
+    return out
