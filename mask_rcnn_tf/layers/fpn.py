@@ -73,7 +73,9 @@ class FPN(keras.layers.Layer):
         ]
         if self.norm is not None:
             layers.append(
-                make_norm(self.norm, f"{name}_norm", groups=self.norm_groups, dtype=self.dtype_policy)
+                make_norm(
+                    self.norm, f"{name}_norm", groups=self.norm_groups, dtype=self.dtype_policy
+                )
             )
         return layers
 

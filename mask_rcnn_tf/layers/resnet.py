@@ -57,6 +57,7 @@ class ResNet(keras.layers.Layer):
             (ResNeXt-101 32x8d: 8); 18/34 need groups=1, width_per_group=64.
         norm: "frozen_bn", "bn" or "gn", see make_norm.
         norm_groups: Groups for "gn".
+        synchronized_bn: For norm "bn": batch statistics over all replicas, not per replica.
         stride_in_1x1: False puts a bottleneck's stride on its 3x3 conv (torchvision),
             True on its first 1x1 conv (MSRA / Caffe2 weights used by Detectron).
         freeze_at: 0 freezes nothing, 1 the stem, k >= 2 the stem and res2..res{k}.
@@ -72,6 +73,7 @@ class ResNet(keras.layers.Layer):
         width_per_group=64,
         norm="frozen_bn",
         norm_groups=32,
+        synchronized_bn=False,
         stride_in_1x1=False,
         freeze_at=2,
         base_width=64,
@@ -99,6 +101,7 @@ class ResNet(keras.layers.Layer):
         self.width_per_group = width_per_group
         self.norm = norm
         self.norm_groups = norm_groups
+        self.synchronized_bn = synchronized_bn
         self.stride_in_1x1 = stride_in_1x1
         self.freeze_at = freeze_at
         self.base_width = base_width
@@ -128,8 +131,9 @@ class ResNet(keras.layers.Layer):
                     main, out_channels = self._basic(prefix, planes, block_stride)
                 shortcut = []
                 if block_stride != 1 or in_channels != out_channels:
-                    shortcut = self._conv(f"{prefix}_downsample_conv", out_channels, 1, block_stride)
-                    shortcut.append(self._norm(f"{prefix}_downsample_norm"))
+                    shortcut = self._conv(
+                        f"{prefix}_downsample_conv", out_channels, 1, block_stride
+                    ) + [self._norm(f"{prefix}_downsample_norm")]
                 blocks.append([main, shortcut])
                 in_channels = out_channels
             self._stages.append(blocks)
@@ -147,7 +151,9 @@ class ResNet(keras.layers.Layer):
         layers = []
         if strides > 1 and kernel_size > 1:
             layers.append(
-                keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad", dtype=self.dtype_policy)
+                keras.layers.ZeroPadding2D(
+                    kernel_size // 2, name=f"{name}_pad", dtype=self.dtype_policy
+                )
             )
             padding = "valid"
         else:
@@ -172,7 +178,13 @@ class ResNet(keras.layers.Layer):
         return layers
 
     def _norm(self, name):
-        return make_norm(self.norm, name, groups=self.norm_groups, dtype=self.dtype_policy)
+        return make_norm(
+            self.norm,
+            name,
+            groups=self.norm_groups,
+            synchronized=self.synchronized_bn,
+            dtype=self.dtype_policy,
+        )
 
     def _relu(self, name):
         return keras.layers.ReLU(name=name, dtype=self.dtype_policy)
@@ -244,6 +256,7 @@ class ResNet(keras.layers.Layer):
                 "width_per_group": self.width_per_group,
                 "norm": self.norm,
                 "norm_groups": self.norm_groups,
+                "synchronized_bn": self.synchronized_bn,
                 "stride_in_1x1": self.stride_in_1x1,
                 "freeze_at": self.freeze_at,
                 "base_width": self.base_width,

@@ -41,7 +41,7 @@ def compile_model(config: Config):
     return model
 
 
-def train(config: Config, model_dir: str | Path, verbose: int = 1) -> keras.Model:
+def train(config: Config, model_dir: str | Path, verbose: int | str = "auto") -> keras.Model:
     """Trains `config` into `model_dir`, resuming from its latest checkpoint if there is one.
 
     Writes a checkpoint every epoch (`train.steps_per_epoch` steps), TensorBoard logs under

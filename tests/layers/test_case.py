@@ -58,7 +58,9 @@ def run_layer_test(
     _check_outputs("eager", eager, expected_shapes, expected_dtypes)
 
     symbolic_inputs = keras.tree.map_structure(
-        lambda x: keras.Input(batch_shape=np.shape(x), dtype=keras.backend.standardize_dtype(x.dtype)),
+        lambda x: keras.Input(
+            batch_shape=np.shape(x), dtype=keras.backend.standardize_dtype(x.dtype)
+        ),
         inputs,
     )
     _check_outputs("symbolic", layer(symbolic_inputs), expected_shapes, expected_dtypes)
@@ -165,4 +167,36 @@ def _check_gradients(layer, inputs, train_targets):
             f"non-finite gradient for {weight.path}"
         )
     if weights:
-        assert any(np.any(keras.ops.convert_to_numpy(g) != 0) for g in grads), "all gradients are zero"
+        nonzero = [np.any(keras.ops.convert_to_numpy(g) != 0) for g in grads]
+        assert any(nonzero), "all gradients are zero"
+
+
+def np_conv2d(x, w, stride=1, padding=0, groups=1, bias=None):
+    """Reference PyTorch Conv2d in NumPy (float64), for layer tests that load torch weights.
+
+    Args:
+        x: [B, H, W, C_in] (NHWC, as the layers).
+        w: [C_out, C_in / groups, k, k], PyTorch's OIHW layout.
+        stride: Stride of both axes.
+        padding: Zeros added on every side (PyTorch's symmetric padding).
+        groups: Grouped-convolution groups.
+        bias: [C_out] or None.
+
+    Returns:
+        [B, (H + 2 padding - k) // stride + 1, (W + 2 padding - k) // stride + 1, C_out].
+    """
+    x = np.pad(np.asarray(x, np.float64), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    b, h, wd, _ = x.shape
+    c_out, c_in_g, k, _ = w.shape
+    h_out, w_out = (h - k) // stride + 1, (wd - k) // stride + 1
+    out = np.zeros((b, h_out, w_out, c_out))
+    c_out_g = c_out // groups
+    for g in range(groups):
+        xg = x[..., g * c_in_g : (g + 1) * c_in_g]
+        wg = w[g * c_out_g : (g + 1) * c_out_g]
+        for dy in range(k):
+            for dx in range(k):
+                rows = slice(dy, dy + stride * (h_out - 1) + 1, stride)
+                cols = slice(dx, dx + stride * (w_out - 1) + 1, stride)
+                out[..., g * c_out_g : (g + 1) * c_out_g] += xg[:, rows, cols] @ wg[:, :, dy, dx].T
+    return out if bias is None else out + bias

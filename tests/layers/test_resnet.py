@@ -13,7 +13,7 @@ import pytest
 
 from mask_rcnn_tf.layers.norm import FrozenBatchNormalization, make_norm
 from mask_rcnn_tf.layers.resnet import ResNet
-from tests.layers.test_case import run_layer_test
+from tests.layers.test_case import np_conv2d, run_layer_test
 
 # torchvision's published parameter counts minus the 1000-class fc (in_features * 1000 + 1000).
 TORCHVISION_BODY_PARAMS = {
@@ -118,28 +118,14 @@ def load_torch_params(resnet, params):
     assert assigned == set(weights)
 
 
-def np_conv(x, w, stride, padding, groups=1):
-    """PyTorch Conv2d (no bias): x [B, H, W, Cin], w [Cout, Cin / groups, k, k]."""
-    x = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    b, h, wd, _ = x.shape
-    c_out, c_in_g, k, _ = w.shape
-    h_out, w_out = (h - k) // stride + 1, (wd - k) // stride + 1
-    out = np.zeros((b, h_out, w_out, c_out))
-    c_out_g = c_out // groups
-    for g in range(groups):
-        xg = x[..., g * c_in_g : (g + 1) * c_in_g]
-        wg = w[g * c_out_g : (g + 1) * c_out_g]
-        for dy in range(k):
-            for dx in range(k):
-                patch = xg[:, dy : dy + stride * (h_out - 1) + 1 : stride, dx : dx + stride * (w_out - 1) + 1 : stride]
-                out[..., g * c_out_g : (g + 1) * c_out_g] += patch @ wg[:, :, dy, dx].T
-    return out
-
-
 def np_max_pool_3x3_s2_p1(x):
     x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
     h_out, w_out = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
-    windows = [x[:, dy : dy + 2 * (h_out - 1) + 1 : 2, dx : dx + 2 * (w_out - 1) + 1 : 2] for dy in range(3) for dx in range(3)]
+    windows = [
+        x[:, dy : dy + 2 * (h_out - 1) + 1 : 2, dx : dx + 2 * (w_out - 1) + 1 : 2]
+        for dy in range(3)
+        for dx in range(3)
+    ]
     return np.max(windows, axis=0)
 
 
@@ -151,7 +137,11 @@ def np_frozen_bn(x, params, name, eps=1e-5):
 def np_resnet(params, x, depth, groups, stride_in_1x1):
     """torchvision ResNet forward (frozen BN) in float64; returns {"c2".."c5"}."""
     relu = lambda t: np.maximum(t, 0)  # noqa: E731
-    x = relu(np_frozen_bn(np_conv(x, params["conv1.weight"], 2, 3), params, "bn1"))
+
+    def conv_bn(t, conv, bn, stride, padding, groups=1):
+        return np_frozen_bn(np_conv2d(t, params[f"{conv}.weight"], stride, padding, groups), params, bn)
+
+    x = relu(conv_bn(x, "conv1", "bn1", 2, 3))
     x = np_max_pool_3x3_s2_p1(x)
     features = {}
     for i, n in enumerate(BLOCKS[depth]):
@@ -160,20 +150,23 @@ def np_resnet(params, x, depth, groups, stride_in_1x1):
             stride = 2 if (i > 0 and b == 0) else 1
             if depth >= 50:
                 s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-                out = relu(np_frozen_bn(np_conv(x, params[f"{p}.conv1.weight"], s1, 0), params, f"{p}.bn1"))
-                out = np_conv(out, params[f"{p}.conv2.weight"], s3, 1, groups)
-                out = relu(np_frozen_bn(out, params, f"{p}.bn2"))
-                out = np_frozen_bn(np_conv(out, params[f"{p}.conv3.weight"], 1, 0), params, f"{p}.bn3")
+                out = relu(conv_bn(x, f"{p}.conv1", f"{p}.bn1", s1, 0))
+                out = relu(conv_bn(out, f"{p}.conv2", f"{p}.bn2", s3, 1, groups))
+                out = conv_bn(out, f"{p}.conv3", f"{p}.bn3", 1, 0)
             else:
-                out = relu(np_frozen_bn(np_conv(x, params[f"{p}.conv1.weight"], stride, 1), params, f"{p}.bn1"))
-                out = np_frozen_bn(np_conv(out, params[f"{p}.conv2.weight"], 1, 1), params, f"{p}.bn2")
+                out = relu(conv_bn(x, f"{p}.conv1", f"{p}.bn1", stride, 1))
+                out = conv_bn(out, f"{p}.conv2", f"{p}.bn2", 1, 1)
             identity = x
             if f"{p}.downsample.0.weight" in params:
-                identity = np_conv(x, params[f"{p}.downsample.0.weight"], stride, 0)
-                identity = np_frozen_bn(identity, params, f"{p}.downsample.1")
+                identity = conv_bn(x, f"{p}.downsample.0", f"{p}.downsample.1", stride, 0)
             x = relu(out + identity)
         features[f"c{i + 2}"] = x
     return features
+
+
+def c_shapes(batch, size, channels):
+    """Expected {"c2".."c5": shape} for a square input of `size` (a multiple of 32)."""
+    return {f"c{k}": (batch, size // 2**k, size // 2**k, c) for k, c in zip(range(2, 6), channels)}
 
 
 def conv_out(size, k, s, p):
@@ -209,7 +202,8 @@ def test_frozen_batch_norm_matches_numpy():
     assert layer.trainable_weights == []
     for w in layer.weights:
         w.assign(stats[w.name].astype("float32"))
-    expected = (x - stats["moving_mean"]) / np.sqrt(stats["moving_variance"] + 1e-3) * stats["gamma"] + stats["beta"]
+    expected = (x - stats["moving_mean"]) / np.sqrt(stats["moving_variance"] + 1e-3)
+    expected = expected * stats["gamma"] + stats["beta"]
     out = run_layer_test(layer, x, x.shape)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     # Training mode must not use batch statistics.
@@ -225,12 +219,14 @@ def test_frozen_batch_norm_mixed_bfloat16():
     layer.moving_mean.assign(np.full(4, 0.5, "float32"))
     layer.moving_variance.assign(np.full(4, 4.0, "float32"))
     out = run_layer_test(layer, x, x.shape, expected_output_dtypes="bfloat16")
-    np.testing.assert_allclose(out.astype("float32"), (x - 0.5) / np.sqrt(4.0 + 1e-5), rtol=1e-2, atol=1e-2)
+    expected = (x - 0.5) / np.sqrt(4.0 + 1e-5)
+    np.testing.assert_allclose(out.astype("float32"), expected, rtol=1e-2, atol=1e-2)
 
 
 def test_make_norm_kinds():
     frozen = make_norm("frozen_bn", "a")
-    assert isinstance(frozen, FrozenBatchNormalization) and frozen.epsilon == 1e-5 and frozen.name == "a"
+    assert isinstance(frozen, FrozenBatchNormalization)
+    assert (frozen.epsilon, frozen.name) == (1e-5, "a")
     bn = make_norm("bn", "b", synchronized=True)
     assert isinstance(bn, keras.layers.BatchNormalization)
     assert (bn.epsilon, bn.momentum, bn.synchronized, bn.name) == (1e-5, 0.9, True, "b")
@@ -251,7 +247,7 @@ def test_resnet_output_shapes(depth, channels):
     # Depth 50 runs at base_width 32 (half widths) to keep the test fast.
     base_width = 64 if depth == 18 else 32
     x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
-    expected = {f"c{k}": (1, 64 // 2**k, 64 // 2**k, c) for k, c in zip(range(2, 6), channels)}
+    expected = c_shapes(1, 64, channels)
     run_layer_test(ResNet(depth, base_width=base_width), x, expected)
 
 
@@ -273,7 +269,8 @@ def test_resnet_matches_numpy_torchvision_reference(depth, groups, width_per_gro
     """Random torchvision-layout weights, loaded by name, give torchvision's C2..C5."""
     rng = np.random.default_rng(depth + stride_in_1x1)
     base_width = 16
-    params = random_torch_params(torchvision_param_shapes(depth, groups, width_per_group, base_width), rng)
+    shapes = torchvision_param_shapes(depth, groups, width_per_group, base_width)
+    params = random_torch_params(shapes, rng)
     # 40 x 56 makes odd maps (5 x 7 at C4), where asymmetric "same" padding would differ.
     x = rng.normal(size=(2, 40, 56, 3))
     resnet = ResNet(
@@ -290,7 +287,8 @@ def test_resnet_matches_numpy_torchvision_reference(depth, groups, width_per_gro
     for key, value in expected.items():
         got = keras.ops.convert_to_numpy(out[key])
         assert got.shape == value.shape, key
-        np.testing.assert_allclose(got, value, rtol=1e-4, atol=1e-4 * np.abs(value).max(), err_msg=key)
+        atol = 1e-4 * np.abs(value).max()
+        np.testing.assert_allclose(got, value, rtol=1e-4, atol=atol, err_msg=key)
 
 
 def test_stride_in_1x1_moves_the_stride():
@@ -310,12 +308,12 @@ def test_stride_in_1x1_moves_the_stride():
 def test_freeze_at_marks_weights_non_trainable(freeze_at):
     resnet = ResNet(18, norm="bn", freeze_at=freeze_at, base_width=16)
     resnet.build((1, 32, 32, 3))
-    frozen_prefixes = (["stem_"] if freeze_at >= 1 else []) + [f"res{s}_" for s in range(2, freeze_at + 1)]
-    layer_of = lambda w: w.path.split("/")[-2]  # noqa: E731
+    frozen = (["stem_"] if freeze_at >= 1 else []) + [f"res{s}_" for s in range(2, freeze_at + 1)]
     expected = {
         w.path
         for w in resnet.weights
-        if not layer_of(w).startswith(tuple(frozen_prefixes)) and w.name in ("kernel", "gamma", "beta")
+        if w.name in ("kernel", "gamma", "beta")
+        and not w.path.split("/")[-2].startswith(tuple(frozen))
     }
     assert {w.path for w in resnet.trainable_weights} == expected
     assert len(resnet.trainable_weights) + len(resnet.non_trainable_weights) == len(resnet.weights)
@@ -334,19 +332,30 @@ def test_frozen_stage_batch_norm_keeps_statistics():
         assert changed != frozen, path
 
 
+def test_synchronized_bn_reaches_every_norm():
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    resnet = ResNet(18, norm="bn", synchronized_bn=True, freeze_at=0, base_width=16)
+    expected = c_shapes(2, 32, (16, 32, 64, 128))
+    run_layer_test(resnet, x, expected)
+    norms = [layer for layer in resnet._flatten_layers(include_self=False) if "norm" in layer.name]
+    assert len(norms) == 20  # stem + 8 blocks x 2 + 3 downsample shortcuts
+    assert all(isinstance(n, keras.layers.BatchNormalization) and n.synchronized for n in norms)
+
+
 def test_group_norm_variant():
     x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
     resnet = ResNet(50, norm="gn", norm_groups=8, freeze_at=0, base_width=16)
-    expected = {f"c{k}": (1, 64 // 2**k, 64 // 2**k, c) for k, c in zip(range(2, 6), (64, 128, 256, 512))}
+    expected = c_shapes(1, 64, (64, 128, 256, 512))
     run_layer_test(resnet, x, expected)
     norms = [layer for layer in resnet._flatten_layers(include_self=False) if "norm" in layer.name]
-    assert norms and all(isinstance(n, keras.layers.GroupNormalization) and n.groups == 8 for n in norms)
+    assert norms
+    assert all(isinstance(n, keras.layers.GroupNormalization) and n.groups == 8 for n in norms)
 
 
 def test_mixed_bfloat16_matches_float32():
     x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
     mixed = ResNet(18, base_width=16, dtype="mixed_bfloat16")
-    expected = {f"c{k}": (1, 64 // 2**k, 64 // 2**k, c) for k, c in zip(range(2, 6), (16, 32, 64, 128))}
+    expected = c_shapes(1, 64, (16, 32, 64, 128))
     out = run_layer_test(mixed, x, expected, expected_output_dtypes="bfloat16")
     assert all(w.dtype == "float32" for w in mixed.weights)
     full = ResNet(18, base_width=16)

@@ -10,8 +10,8 @@ class ToyModel(keras.Model):
     """Dense -> BatchNorm -> Dense regression, logging "loss" and "rpn_loss" like the detector.
 
     `extra_layer` adds a frozen Dense layer, a model that a checkpoint of the plain one
-    does not fit. From optimizer step `nan_from_step` on, the loss is multiplied by NaN, so the logged loss,
-    the gradients and then the weights become NaN, as in a real divergence.
+    does not fit. From optimizer step `nan_from_step` on, the loss is multiplied by NaN, so
+    the logged loss, the gradients and then the weights become NaN, as in a real divergence.
     """
 
     def __init__(self, hidden=4, nan_from_step=None, extra_layer=False, **kwargs):

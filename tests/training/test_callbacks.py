@@ -163,3 +163,27 @@ def test_make_callbacks_without_tensorboard(tmp_path, make_toy, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
     with pytest.raises(ImportError, match="pip install tensorboard"):
         make_callbacks(store)
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path, make_toy, toy_data):
+    x, y = toy_data
+    fit = dict(batch_size=2, shuffle=False, verbose=0)
+    straight = _compiled(make_toy())
+    straight.fit(x, y, epochs=3, **fit)
+
+    first = _compiled(make_toy())
+    store = CheckpointStore(str(tmp_path), first, first.optimizer)
+    first.fit(x, y, epochs=2, callbacks=[CheckpointCallback(store)], **fit)
+
+    resumed = _compiled(make_toy(seed=9))
+    resumed_store = CheckpointStore(str(tmp_path), resumed, resumed.optimizer)
+    initial_epoch = resumed_store.restore_latest()
+    assert initial_epoch == 2
+    resumed.fit(
+        x, y, epochs=3, initial_epoch=initial_epoch,
+        callbacks=[CheckpointCallback(resumed_store)], **fit,
+    )
+    assert resumed_store.latest().endswith("ckpt-00003")
+    assert int(resumed.optimizer.iterations.numpy()) == 12
+    for a, b in zip(resumed.weights, straight.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)

@@ -1,0 +1,82 @@
+"""Predictions on image files: a drawn PNG per image and one COCO-results JSON."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from mask_rcnn_tf.config import Config
+from mask_rcnn_tf.data.pipeline import preprocess_image
+from mask_rcnn_tf.evaluation.coco_eval import detections_to_coco
+from mask_rcnn_tf.evaluation.visualize import draw_detections
+from mask_rcnn_tf.io_utils import atomic_path, atomic_write_json
+
+logger = logging.getLogger("mask_rcnn_tf.predict")
+
+RESULTS_FILE = "detections.json"
+
+
+def read_image(path) -> np.ndarray:
+    """uint8 [h, w, 3] RGB of an image file; ValueError naming the file if it does not decode."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: image file not found") from None
+    except Exception as err:  # PIL raises many types for broken files; all mean the same here.
+        raise ValueError(f"{path}: image does not decode ({err})") from None
+
+
+def predict_images(model, config: Config, image_paths, output_dir, categories) -> list[dict]:
+    """Runs `model` on each image file, draws its detections and writes COCO results.
+
+    Writes `output_dir/<image stem>.png` per image and `output_dir/detections.json` (COCO
+    results; `image_id` is the image's position in `image_paths`, `file_name` names it).
+
+    Args:
+        categories: (category id, name) pairs; class c is categories[c - 1].
+    """
+    images = [read_image(path) for path in image_paths]
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    d = config.data
+    detect = tf.function(lambda images, sizes: model(
+        {"images": images, "image_sizes": sizes}, training=False), reduce_retracing=True)
+    category_ids = [category_id for category_id, _ in categories]
+    class_names = {index + 1: name for index, (_, name) in enumerate(categories)}
+    all_results = []
+    for index, (path, image) in enumerate(zip(image_paths, images)):
+        padded, resized_size, scale = preprocess_image(
+            image, min_size=d.min_size, max_size=d.max_size, pad_size=d.pad_size,
+            mean=d.mean, std=d.std)
+        outputs = detect(padded[None], tf.cast(resized_size, tf.float32)[None])
+        outputs = {key: np.asarray(value) for key, value in outputs.items()}
+        outputs.update(image_ids=np.array([index]), scales=np.array([float(scale)]),
+                       original_sizes=np.array([image.shape[:2]]))
+        results = detections_to_coco(outputs, category_ids, config.eval.mask_threshold)
+        for result in results:
+            result["file_name"] = str(path)
+        all_results.extend(results)
+        drawn = draw_results(image, results, category_ids, class_names,
+                             config.eval.score_threshold_draw)
+        with atomic_path(output_dir / f"{Path(path).stem}.png") as tmp:
+            Image.fromarray(drawn).save(tmp, format="PNG")
+        logger.info("%s: %d detections", path, len(results))
+    atomic_write_json(output_dir / RESULTS_FILE, all_results)
+    return all_results
+
+
+def draw_results(image, results, category_ids, class_names, score_threshold):
+    """Draws COCO results (one image's, original pixels, RLE masks) over uint8 [h, w, 3]."""
+    if not results:
+        return image.copy()
+    boxes = np.array([[y, x, y + h, x + w] for x, y, w, h in (r["bbox"] for r in results)])
+    classes = np.array([category_ids.index(r["category_id"]) + 1 for r in results])
+    scores = np.array([r["score"] for r in results])
+    masks = None
+    if "segmentation" in results[0]:
+        masks = np.stack([mask_utils.decode(r["segmentation"]).astype(bool) for r in results])
+    return draw_detections(image, boxes, classes, scores, masks, class_names, score_threshold)
