@@ -80,6 +80,7 @@ class FPN(keras.layers.Layer):
         return layers
 
     def build(self, input_shape):
+        """Creates every weight; input_shape is a dict "c2".."c5" of (B, Hk, Wk, C_k) shapes."""
         missing = [f"c{k}" for k in _LEVELS if f"c{k}" not in input_shape]
         if missing:
             raise ValueError(f"FPN: input dict lacks {missing}; got keys {sorted(input_shape)}")

@@ -215,6 +215,7 @@ class ResNet(keras.layers.Layer):
         return main, planes
 
     def build(self, input_shape):
+        """Creates every weight; input_shape is the images' (B, H, W, 3), B, H, W may be None."""
         shape = _build_sequence(self._stem, tuple(input_shape))
         for blocks in self._stages:
             for main, shortcut in blocks:

@@ -8,6 +8,7 @@ from mask_rcnn_tf.layers.box_head import BoxHead
 from mask_rcnn_tf.layers.detections import DetectionGenerator
 from mask_rcnn_tf.layers.fpn import FPN
 from mask_rcnn_tf.layers.mask_head import MaskHead
+from mask_rcnn_tf.layers.norm import FrozenBatchNormalization
 from mask_rcnn_tf.layers.multilevel_roi_align import MultiLevelRoIAlign
 from mask_rcnn_tf.layers.proposals import ProposalGenerator
 from mask_rcnn_tf.layers.resnet import ResNet
@@ -67,7 +68,10 @@ def dummy_inputs(image_size: int, batch_size: int = 1) -> dict:
 
 
 def count_parameters(model: keras.Model) -> int:
-    """Convolution and dense weights and biases plus norm affine parameters, without the
-    frozen BatchNorm statistics (the count torchvision reports for its detection models)."""
+    """Learnable parameters as torchvision counts them: convolution and dense weights and
+    biases and trainable norm affine terms; frozen BatchNorm (all four of its tensors are
+    buffers in torchvision) and BatchNorm moving statistics are left out."""
+    frozen = {id(w) for layer in model._flatten_layers()
+              if isinstance(layer, FrozenBatchNormalization) for w in layer.weights}
     return int(sum(np.prod(w.shape) for w in model.weights
-                   if not any(s in w.path for s in ("moving_mean", "moving_variance"))))
+                   if id(w) not in frozen and not w.path.endswith(("moving_mean", "moving_variance"))))

@@ -1,10 +1,10 @@
 """Optimizer construction: SGD or AdamW, with no weight decay on normalization parameters.
 
-Keras applies weight decay decoupled from the gradient for both optimizers
-(`w -= learning_rate * weight_decay * w` before the update). That is what torch's AdamW
-does; torch's SGD instead adds `weight_decay * w` to the gradient, which then passes through
-the momentum buffer, so with momentum m its decay is about 1 / (1 - m) times stronger
-(10x at m = 0.9) than Keras SGD with the same `weight_decay`.
+Weight decay follows the references: AdamW decays decoupled from the gradient (Keras and
+torch agree). SGD adds `weight_decay * w` to the gradient, which then passes through the
+momentum buffer, as torch's SGD and Detectron do; Keras' own SGD decays decoupled, which at
+momentum 0.9 is about ten times weaker for the same `weight_decay`, so `CoupledDecaySGD`
+restores the paper's recipe.
 """
 
 import keras
@@ -15,6 +15,20 @@ OPTIMIZER_NAMES = ("sgd", "adamw")
 def _is_normalization(layer):
     # Subclasses (e.g. a frozen BatchNorm) count too, whatever their own name.
     return any("Normalization" in cls.__name__ for cls in type(layer).__mro__)
+
+
+@keras.saving.register_keras_serializable(package="mask_rcnn_tf")
+class CoupledDecaySGD(keras.optimizers.SGD):
+    """SGD whose weight decay is an L2 term in the gradient (torch.optim.SGD semantics)."""
+
+    def _apply_weight_decay(self, variables):
+        # Replaced by the gradient term in update_step.
+        return
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            gradient = gradient + keras.ops.cast(self.weight_decay, variable.dtype) * variable
+        super().update_step(gradient, variable, learning_rate)
 
 
 def no_decay_variables(model, decay_biases=True):
@@ -80,7 +94,8 @@ def build_optimizer(
       name: "sgd" (keras SGD) or "adamw" (keras AdamW).
       learning_rate: float or keras LearningRateSchedule.
       momentum: SGD momentum; for AdamW, beta_1 (its first-moment momentum).
-      weight_decay: decoupled weight decay coefficient, >= 0.
+      weight_decay: weight decay coefficient, >= 0 (an L2 gradient term for SGD, decoupled
+        for AdamW).
       clipnorm: clip each gradient to this L2 norm (or None).
       global_clipnorm: clip all gradients jointly to this global L2 norm (or None).
       nesterov: Nesterov momentum, SGD only.
@@ -108,7 +123,7 @@ def build_optimizer(
         global_clipnorm=global_clipnorm,
     )
     if name == "sgd":
-        optimizer = keras.optimizers.SGD(momentum=momentum, nesterov=nesterov, **common)
+        optimizer = CoupledDecaySGD(momentum=momentum, nesterov=nesterov, **common)
     else:
         optimizer = keras.optimizers.AdamW(beta_1=momentum, **common)
     optimizer.exclude_from_weight_decay(var_list=excluded)

@@ -91,6 +91,16 @@ def test_fpn_without_p6():
     assert sorted(out) == ["p2", "p3", "p4", "p5"]
 
 
+def test_fpn_dynamic_sizes():
+    fpn = FPN(4)
+    inputs = {f"c{k}": keras.Input(shape=(None, None, c)) for k, c in zip(range(2, 6), (3, 5, 6, 7))}
+    model = keras.Model(inputs, fpn(inputs))
+    assert all(tuple(t.shape) == (None, None, None, 4) for t in model.outputs)
+    sizes = [(9, 14), (5, 7), (3, 4), (2, 2)]
+    out = model(random_features(sizes, (3, 5, 6, 7), np.random.default_rng(6)))
+    assert [tuple(out[f"p{k}"].shape[1:3]) for k in range(2, 7)] == sizes + [(1, 1)]
+
+
 def test_fpn_group_norm_drops_conv_bias():
     rng = np.random.default_rng(3)
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1)]

@@ -139,7 +139,8 @@ def np_resnet(params, x, depth, groups, stride_in_1x1):
     relu = lambda t: np.maximum(t, 0)  # noqa: E731
 
     def conv_bn(t, conv, bn, stride, padding, groups=1):
-        return np_frozen_bn(np_conv2d(t, params[f"{conv}.weight"], stride, padding, groups), params, bn)
+        t = np_conv2d(t, params[f"{conv}.weight"], stride, padding, groups)
+        return np_frozen_bn(t, params, bn)
 
     x = relu(conv_bn(x, "conv1", "bn1", 2, 3))
     x = np_max_pool_3x3_s2_p1(x)
