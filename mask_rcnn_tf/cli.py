@@ -13,7 +13,8 @@ import sys
 
 def _add_config_args(parser, weights=False):
     parser.add_argument("--config", required=True, help="experiment YAML under configs/")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        dest="overrides",
                         help="override config keys, e.g. train.steps=200 data.val.images=/x")
     if weights:
         source = parser.add_mutually_exclusive_group(required=True)
@@ -89,11 +90,29 @@ def run(args):
             atomic_write_json(args.output, metrics)
     elif args.command == "predict":
         from mask_rcnn_tf.data.inputs import load_categories
-        from mask_rcnn_tf.evaluation.predict import predict_images
+        from mask_rcnn_tf.evaluation.predict import predict_images, read_image
 
         config = _config(args)
-        predict_images(_load_model(args, config), config, args.images, args.output_dir,
-                       load_categories(config.data))
+        categories = load_categories(config.data)
+        images = {path: read_image(path) for path in args.images}
+        predict_images(_load_model(args, config), config, images, args.output_dir, categories)
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with stderr muted: on a CPU machine its start-up lines (oneDNN
+    notes, "could not find cuda drivers") come from C++ before any log level applies, and
+    would bury the one line a user needs. Import errors still surface as exceptions."""
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(null)
+        os.close(saved)
 
 
 def main(argv=None):
@@ -101,6 +120,8 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    if args.command != "make-shapes":
+        _import_tensorflow_quietly()
     from mask_rcnn_tf.errors import USER_ERRORS
 
     try:

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads exponent floats without a dot (1e-4, 5E3) as numbers, as
+    YAML 1.2 does; PyYAML's YAML 1.1 rules would make `weight_decay: 1e-4` a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 class ConfigError(ValueError):
@@ -38,6 +49,7 @@ class BackboneConfig:
 class FPNConfig:
     num_channels: int = 256
     use_p6: bool = True
+    norm: str | None = None  # None (convs with bias, torchvision) | bn | gn
 
 
 @dataclass(frozen=True)
@@ -234,7 +246,7 @@ def parse_overrides(overrides: list[str] | None) -> dict:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({err})") from None
         _set_dotted(tree, key.strip(), value)
@@ -259,16 +271,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = yaml.load(path.read_text(), Loader=_Loader) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-    tree = _merge(tree, parse_overrides(overrides))
     try:
-        config = _build(Config, tree)
+        config = _build(Config, _merge(tree, parse_overrides(overrides)))
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+        # Name the file only if it is wrong by itself; otherwise a --set value is the culprit.
+        try:
+            _build(Config, tree)
+        except ConfigError as file_err:
+            raise ConfigError(f"{path}: {file_err}") from None
+        raise ConfigError(f"--set: {err}") from None
     validate(config)
     return config
 
@@ -293,6 +309,7 @@ def validate(config: Config) -> None:
         (m.num_classes >= 2, f"model.num_classes must count background plus at least one class, got {m.num_classes}"),
         (m.backbone.depth in (18, 34, 50, 101, 152), f"model.backbone.depth must be 18, 34, 50, 101 or 152, got {m.backbone.depth}"),
         (m.backbone.norm in ("frozen_bn", "bn", "gn"), f"model.backbone.norm must be frozen_bn, bn or gn, got {m.backbone.norm!r}"),
+        (m.fpn.norm in (None, "bn", "gn"), f"model.fpn.norm must be null, bn or gn, got {m.fpn.norm!r}"),
         (0 <= m.backbone.freeze_at <= 5, f"model.backbone.freeze_at must be in 0..5, got {m.backbone.freeze_at}"),
         (len(m.anchors.sizes) == (5 if m.fpn.use_p6 else 4), f"model.anchors.sizes needs one size per level ({5 if m.fpn.use_p6 else 4}), got {len(m.anchors.sizes)}"),
         (len(m.rpn.box_weights) == 4, "model.rpn.box_weights needs 4 values"),

@@ -145,7 +145,7 @@ def _prepare_output(output_dir, overwrite):
             raise ValueError(f"{output_dir}: output_dir exists and is not a directory")
         if os.listdir(output_dir) and not overwrite:
             raise ValueError(f"{output_dir}: output_dir exists and is not empty "
-                             "(pass overwrite=True to replace it)")
+                             "(use --overwrite, or overwrite=True, to replace it)")
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     return parent

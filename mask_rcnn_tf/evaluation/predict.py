@@ -30,16 +30,16 @@ def read_image(path) -> np.ndarray:
         raise ValueError(f"{path}: image does not decode ({err})") from None
 
 
-def predict_images(model, config: Config, image_paths, output_dir, categories) -> list[dict]:
-    """Runs `model` on each image file, draws its detections and writes COCO results.
+def predict_images(model, config: Config, images, output_dir, categories) -> list[dict]:
+    """Runs `model` on each image, draws its detections and writes COCO results.
 
     Writes `output_dir/<image stem>.png` per image and `output_dir/detections.json` (COCO
-    results; `image_id` is the image's position in `image_paths`, `file_name` names it).
+    results; `image_id` is the image's position in `images`, `file_name` names it).
 
     Args:
+        images: dict from file path to uint8 [h, w, 3] RGB (see read_image).
         categories: (category id, name) pairs; class c is categories[c - 1].
     """
-    images = [read_image(path) for path in image_paths]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     d = config.data
@@ -48,7 +48,7 @@ def predict_images(model, config: Config, image_paths, output_dir, categories) -
     category_ids = [category_id for category_id, _ in categories]
     class_names = {index + 1: name for index, (_, name) in enumerate(categories)}
     all_results = []
-    for index, (path, image) in enumerate(zip(image_paths, images)):
+    for index, (path, image) in enumerate(images.items()):
         padded, resized_size, scale = preprocess_image(
             image, min_size=d.min_size, max_size=d.max_size, pad_size=d.pad_size,
             mean=d.mean, std=d.std)

@@ -24,8 +24,10 @@ def build_model(config: ModelConfig, image_size: int | None = None) -> MaskRCNN:
     model = MaskRCNN(
         backbone=ResNet(depth=b.depth, groups=b.groups, width_per_group=b.width_per_group,
                         base_width=b.base_width, norm=b.norm, norm_groups=b.norm_groups,
-                        stride_in_1x1=b.stride_in_1x1, freeze_at=b.freeze_at, name="backbone"),
-        fpn=FPN(num_channels=config.fpn.num_channels, use_p6=config.fpn.use_p6, name="fpn"),
+                        synchronized_bn=b.synchronized_bn, stride_in_1x1=b.stride_in_1x1,
+                        freeze_at=b.freeze_at, name="backbone"),
+        fpn=FPN(num_channels=config.fpn.num_channels, use_p6=config.fpn.use_p6,
+                norm=config.fpn.norm, norm_groups=b.norm_groups, name="fpn"),
         rpn_head=RPNHead(len(config.anchors.aspect_ratios), config.fpn.num_channels,
                          name="rpn_head"),
         proposal_generator=ProposalGenerator(

@@ -1,6 +1,7 @@
-"""run_layer_test: the checks every Keras layer of the project goes through (keras-hub style).
+"""run_layer_test: the checks every Keras layer of the project goes through (keras-hub style),
+and np_conv2d, a NumPy PyTorch-Conv2d reference for layers that load torchvision weights.
 
-Import it as `from tests.layers.test_case import run_layer_test` (run pytest as
+Import them as `from tests.layers.test_case import run_layer_test, np_conv2d` (run pytest as
 `python -m pytest` from the repository root, which puts the root on sys.path).
 """
 

@@ -93,7 +93,8 @@ def test_fpn_without_p6():
 
 def test_fpn_dynamic_sizes():
     fpn = FPN(4)
-    inputs = {f"c{k}": keras.Input(shape=(None, None, c)) for k, c in zip(range(2, 6), (3, 5, 6, 7))}
+    channels = {f"c{k}": c for k, c in zip(range(2, 6), (3, 5, 6, 7))}
+    inputs = {k: keras.Input(shape=(None, None, c), name=k) for k, c in channels.items()}
     model = keras.Model(inputs, fpn(inputs))
     assert all(tuple(t.shape) == (None, None, None, 4) for t in model.outputs)
     sizes = [(9, 14), (5, 7), (3, 4), (2, 2)]
@@ -144,7 +145,7 @@ def test_fpn_init_is_kaiming_uniform_a1():
     for name, fan_in in (("lateral_c5/kernel", 2048), ("output_p2/kernel", 9 * 256)):
         bound = np.sqrt(3.0 / fan_in)
         values = weights[name]
-        assert np.abs(values).max() <= bound
+        assert np.abs(values).max() <= bound * (1 + 1e-6)  # float32 rounding of the bound
         assert np.abs(values).max() > 0.99 * bound
         assert abs(values.std() / (bound / np.sqrt(3.0)) - 1) < 0.02
     assert all(not v.any() for n, v in weights.items() if n.endswith("bias"))

@@ -354,6 +354,7 @@ def test_group_norm_variant():
 
 
 def test_mixed_bfloat16_matches_float32():
+    keras.utils.set_random_seed(0)  # fixed weights: bfloat16 error is ~1% of the range here
     x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
     mixed = ResNet(18, base_width=16, dtype="mixed_bfloat16")
     expected = c_shapes(1, 64, (16, 32, 64, 128))
