@@ -34,7 +34,7 @@ def test_rpn_head_orders_cell_major_anchor_minor():
     head = RPNHead(num_anchors=num_anchors, num_channels=5)
     features = [rng.normal(size=(2, 4, 6, 7)).astype("float32"),
                 rng.normal(size=(2, 2, 3, 7)).astype("float32")]
-    logits, deltas = head(features)
+    head(features)
     # Small init (std 0.01) would make every output nearly equal: use weights of unit scale.
     head.set_weights([rng.normal(size=w.shape).astype("float32") for w in head.get_weights()])
     logits, deltas = head(features)
