@@ -327,6 +327,8 @@ def validate(config: Config) -> None:
         (t.mixed_precision in ("float32", "mixed_bfloat16", "mixed_float16"), f"train.mixed_precision must be float32, mixed_bfloat16 or mixed_float16, got {t.mixed_precision!r}"),
         (t.batch_size >= 1 and t.steps >= 1 and t.steps_per_epoch >= 1, "train.batch_size, train.steps and train.steps_per_epoch must be positive"),
         (t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}"),
+        (t.schedule != "cosine" or t.steps > t.warmup_steps, f"train.steps ({t.steps}) must exceed train.warmup_steps ({t.warmup_steps}) for the cosine schedule"),
+        (all(0 < a < b for a, b in zip(t.milestones, t.milestones[1:] + (math.inf,))), f"train.milestones must be increasing positive steps, got {list(t.milestones)}"),
     ]
     for ok, message in checks:
         if not ok:
