@@ -46,6 +46,43 @@ def _parser():
     _add_config_args(predict, weights=True)
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--output-dir", required=True)
+
+    export = commands.add_parser("export", help="write a versioned SavedModel for TF Serving")
+    _add_config_args(export, weights=True)
+    export.add_argument("--export-base", required=True,
+                        help="model base path: the version is written to EXPORT_BASE/VERSION/")
+    export.add_argument("--version", type=int,
+                        help="positive integer (default: one past the highest version present)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    export.add_argument("--full-masks", action="store_true",
+                        help="add detection_masks_full: uint8 masks pasted into the images")
+
+    serve = commands.add_parser(
+        "serve", help="development gRPC server with TF Serving's API (production: "
+                      "tensorflow_model_server, see serving/README.md)")
+    serve.add_argument("--model-base-path", required=True,
+                       help="folder of SavedModel version folders 1/, 2/, ... (the latest is served)")
+    serve.add_argument("--model-name", required=True)
+    serve.add_argument("--port", type=int, default=8500, help="gRPC port (0: pick a free one)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
+    serve.add_argument("--max-workers", type=int, default=8, help="requests handled at once")
+    serve.add_argument("--grace-seconds", type=float, default=10.0,
+                       help="time given to requests in flight on SIGTERM")
+
+    client = commands.add_parser("client", help="send images to a TF Serving gRPC server, print "
+                                                "the detections as JSON")
+    client.add_argument("images", nargs="+", metavar="IMAGE")
+    client.add_argument("--server", required=True, help="HOST:PORT of the gRPC port")
+    client.add_argument("--model-name", required=True)
+    client.add_argument("--version", type=int, help="model version (default: the latest)")
+    client.add_argument("--signature", default="serving_default",
+                        help="serving_default (encoded files) or serving_tensor (pixels)")
+    client.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    client.add_argument("--wait", type=float, default=0.0,
+                        help="first wait up to this many seconds for the model to be available")
+    client.add_argument("--min-score", type=float, default=0.5)
+    client.add_argument("--draw", metavar="OUT_DIR", help="also draw each image's detections "
+                                                          "to OUT_DIR/<image stem>.png")
     return parser
 
 
@@ -96,6 +133,63 @@ def run(args):
         categories = load_categories(config.data)
         images = {path: read_image(path) for path in args.images}
         predict_images(_load_model(args, config), config, images, args.output_dir, categories)
+    elif args.command == "export":
+        from mask_rcnn_tf.export.saved_model import export_saved_model
+
+        path = export_saved_model(_config(args), args.export_base, model_dir=args.model_dir,
+                                  weights=args.weights, version=args.version,
+                                  overwrite=args.overwrite, full_masks=args.full_masks)
+        print(json.dumps({"export_dir": path}))
+    elif args.command == "serve":
+        from mask_rcnn_tf.serving.server import serve
+
+        serve(args.model_base_path, args.model_name, host=args.host, port=args.port,
+              max_workers=args.max_workers, grace_seconds=args.grace_seconds)
+    elif args.command == "client":
+        _client(args)
+
+
+def _client(args):
+    """`mask-rcnn client`: prints one JSON object per image (masks as area and COCO RLE)."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    from mask_rcnn_tf.evaluation.visualize import draw_detections
+    from mask_rcnn_tf.io_utils import atomic_path
+    from mask_rcnn_tf.serving import MaskRCNNClient
+
+    with MaskRCNNClient(args.server, args.model_name, signature=args.signature,
+                        version=args.version, timeout=args.timeout) as client:
+        if args.wait > 0:
+            client.wait_until_ready(timeout=args.wait)
+        results = client.predict(args.images, min_score=args.min_score)
+    report = []
+    for path, detections in zip(args.images, results):
+        objects = []
+        for d in detections:
+            rle = mask_utils.encode(np.asfortranarray(d.mask.astype(np.uint8)))
+            objects.append({"class_id": d.class_id, "class_name": d.class_name,
+                            "score": round(d.score, 4),
+                            "box": [round(float(v), 2) for v in d.box],
+                            "mask_area": int(d.mask.sum()),
+                            "mask_rle": {"size": rle["size"], "counts": rle["counts"].decode()}})
+        report.append({"image": path, "detections": objects})
+        if args.draw:
+            Path(args.draw).mkdir(parents=True, exist_ok=True)
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            names = {d.class_id: d.class_name or str(d.class_id) for d in detections}
+            drawn = draw_detections(
+                pixels, [d.box for d in detections], [d.class_id for d in detections],
+                [d.score for d in detections],
+                np.array([d.mask for d in detections]).reshape(-1, *pixels.shape[:2]), names,
+                score_threshold=args.min_score)
+            with atomic_path(Path(args.draw) / f"{Path(path).stem}.png") as temp_path:
+                Image.fromarray(drawn).save(temp_path, format="PNG")
+    print(json.dumps(report, indent=2))
 
 
 def _import_tensorflow_quietly():
@@ -124,9 +218,14 @@ def main(argv=None):
         _import_tensorflow_quietly()
     from mask_rcnn_tf.errors import USER_ERRORS
 
+    user_errors = USER_ERRORS
+    if args.command in ("serve", "client"):
+        from mask_rcnn_tf.serving.errors import ServingError
+
+        user_errors += (ServingError,)
     try:
         run(args)
-    except USER_ERRORS as err:
+    except user_errors as err:
         if os.environ.get("MASK_RCNN_DEBUG"):
             raise
         print(f"mask-rcnn {args.command}: error: {err}", file=sys.stderr)

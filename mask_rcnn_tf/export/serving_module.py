@@ -1,0 +1,148 @@
+"""The serving graph: pre- and postprocessing around the Keras model, as SavedModel signatures
+that take what a client has (encoded image files or uint8 pixels) and return detections in
+that client's image pixels.
+
+Signatures (B images per request, N = roi_heads.detections_per_image, M = 28 the mask side,
+K object classes, Hc x Wc the largest image of the request):
+
+    serving_default   inputs:  images       string [B]  encoded JPEG / PNG (GIF, BMP), any sizes
+    serving_tensor    inputs:  images       uint8 [B, H, W, 3]  RGB
+        both outputs:  num_detections       int32 [B]
+                       detection_boxes      float32 [B, N, 4]  [y1, x1, y2, x2], pixels of the
+                                            original image, clipped to it
+                       detection_classes    int32 [B, N]  1..K, 0 on padding rows
+                       detection_scores     float32 [B, N]
+                       detection_masks      float32 [B, N, M, M]  probabilities inside the box
+                       image_sizes          int32 [B, 2]  original (h, w)
+                       detection_masks_full uint8 [B, N, Hc, Wc]  (only when exported with
+                                            full masks) 0 / 1, pasted into each image, zero
+                                            beyond that image's (h, w)
+    metadata          inputs:  unused       int32 [B]  ignored (TF Serving's Predict needs an
+                                            input); send e.g. [0]
+                      outputs: class_names  string [K]  name of class 1 first
+
+Rows from num_detections[b] on are zero in every per-detection output. The 28 x 28 masks cover
+the unclipped box, which differs from the clipped detection_boxes only for boxes reaching past
+the image edge, by under half a pixel of the resized image (round(h * scale) / scale > h); full
+masks are pasted with the unclipped box, as evaluation does.
+"""
+
+import tensorflow as tf
+
+from mask_rcnn_tf.data.pipeline import preprocess_image
+from mask_rcnn_tf.export import postprocess
+
+SERVING_DEFAULT = "serving_default"
+SERVING_TENSOR = "serving_tensor"
+METADATA = "metadata"
+LABELS_FILE = "labels.txt"
+
+_ENCODED_SPEC = tf.TensorSpec([None], tf.string, name="images")
+_PIXELS_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+_UNUSED_SPEC = tf.TensorSpec([None], tf.int32, name="unused")
+
+
+class ServingModule:
+    """A built Mask R-CNN with in-graph preprocessing and postprocessing.
+
+    The methods are plain TensorFlow code (call them in a tf.function or eagerly);
+    `saveable()` wraps them as the SavedModel's signatures.
+
+    Args:
+        model: a built MaskRCNN (call(..., training=False) returns detections).
+        class_names: K names, class 1 first.
+        min_size, max_size, pad_size, mean, std: the resizing and normalization the model was
+            trained with (data config).
+        full_masks: add the detection_masks_full output.
+        mask_threshold: probability at which a pasted mask pixel is foreground.
+    """
+
+    def __init__(self, model, *, class_names, min_size, max_size, pad_size, mean, std,
+                 full_masks=False, mask_threshold=0.5):
+        self.model = model
+        self.class_names = tuple(class_names)
+        self.pad_size = int(pad_size)
+        self.preprocess_args = dict(min_size=min_size, max_size=max_size, pad_size=self.pad_size,
+                                    mean=tuple(mean), std=tuple(std))
+        self.full_masks = bool(full_masks)
+        self.mask_threshold = float(mask_threshold)
+
+    def saveable(self, labels_path):
+        """The object and signatures to pass to tf.saved_model.save.
+
+        The object graph holds the model's tf.Variables, not the Keras model: Keras 3 gives
+        many variables the same TensorFlow name ("mask_rcnn/kernel:0") and keeps them where the
+        object graph does not look, and a SavedModel saved through the Keras objects loads in
+        TF2 but fails in TF1-style sessions ("Could not find variable"), which is how
+        tensorflow_model_server and `saved_model_cli run` load it (keras-team/keras#20095;
+        keras.export.ExportArchive likewise tracks the tf.Variables its endpoints read).
+
+        Args:
+            labels_path: a file holding class_names one per line; saved as assets/labels.txt.
+
+        Returns:
+            (tf.Module, {signature key: concrete function}).
+        """
+        root = tf.Module(name="mask_rcnn_serving")
+        root.model_variables = [v.value for v in self.model.variables]
+        root.labels = tf.saved_model.Asset(labels_path)
+        root.detect_encoded = tf.function(self.detect_encoded, input_signature=[_ENCODED_SPEC])
+        root.detect_pixels = tf.function(self.detect_pixels, input_signature=[_PIXELS_SPEC])
+        root.metadata = tf.function(self.metadata, input_signature=[_UNUSED_SPEC])
+        return root, {
+            SERVING_DEFAULT: root.detect_encoded.get_concrete_function(),
+            SERVING_TENSOR: root.detect_pixels.get_concrete_function(),
+            METADATA: root.metadata.get_concrete_function(),
+        }
+
+    def detect_encoded(self, images):
+        """Detections on encoded images: images string [B]; outputs as in the module docstring."""
+        return self._detect(images, decode=True)
+
+    def detect_pixels(self, images):
+        """Detections on pixels: images uint8 [B, H, W, 3] RGB; outputs as in the module docstring."""
+        checks = [tf.debugging.assert_positive(
+            tf.shape(images)[1:3], message="images: height and width must be positive")]
+        with tf.control_dependencies(checks):
+            return self._detect(tf.identity(images), decode=False)
+
+    def metadata(self, unused):
+        """Class names: unused int32 [B] is ignored; returns {"class_names": string [K]}."""
+        del unused
+        return {"class_names": tf.constant(self.class_names, tf.string)}
+
+    def _prepare(self, image, decode):
+        """One image (encoded string scalar, or uint8 [h, w, 3]) -> model input parts."""
+        if decode:
+            image = tf.io.decode_image(image, channels=3, expand_animations=False)
+        padded, resized_size, scale = preprocess_image(image, **self.preprocess_args)
+        return padded, tf.cast(resized_size, tf.float32), scale, tf.shape(image)[:2]
+
+    def _detect(self, images, decode):
+        checks = [tf.debugging.assert_positive(tf.shape(images)[0],
+                                               message="images: the batch is empty")]
+        with tf.control_dependencies(checks):
+            images = tf.identity(images)
+        pad = self.pad_size
+        padded, resized_sizes, scales, image_sizes = tf.map_fn(
+            lambda image: self._prepare(image, decode), images,
+            fn_output_signature=(tf.TensorSpec([pad, pad, 3], tf.float32),
+                                 tf.TensorSpec([2], tf.float32), tf.TensorSpec([], tf.float32),
+                                 tf.TensorSpec([2], tf.int32)))
+        detections = self.model({"images": padded, "image_sizes": resized_sizes}, training=False)
+        num = detections["num_detections"]
+        boxes = postprocess.to_original_frame(detections["detection_boxes"], scales, num)
+        valid = postprocess.valid_rows(num, tf.shape(boxes)[1])
+        masks = tf.where(valid[:, :, None, None], detections["detection_masks"], 0.0)
+        outputs = {
+            "num_detections": num,
+            "detection_boxes": postprocess.clip_to_images(boxes, image_sizes),
+            "detection_classes": tf.where(valid, detections["detection_classes"], 0),
+            "detection_scores": tf.where(valid, detections["detection_scores"], 0.0),
+            "detection_masks": masks,
+            "image_sizes": image_sizes,
+        }
+        if self.full_masks:
+            outputs["detection_masks_full"] = postprocess.full_image_masks(
+                masks, boxes, image_sizes, self.mask_threshold)
+        return outputs

@@ -1,0 +1,394 @@
+"""gRPC client for a Mask R-CNN served by tensorflow_model_server (or `mask-rcnn serve`).
+
+Built on the tensorflow-serving-api stubs, grpc and NumPy; it imports no model code and calls no
+TensorFlow API, so an application needs neither the model nor a model-sized install to use it.
+
+Wire format. With the default signature, "serving_default", every image travels as encoded
+bytes (a file's own bytes, or a NumPy array encoded losslessly to PNG here): one request may mix
+image sizes, and JPEG files go as they are, far smaller than pixels. With
+signature="serving_tensor" the images travel as one uint8 [B, H, W, 3] tensor (raw pixels, no
+decode on the server), so the images of one request must share a size.
+
+Calls. Every call has a deadline (`timeout` seconds per attempt). A call that fails with
+UNAVAILABLE (no server yet, a restart, a connection reset) is retried `retries` times with
+exponential backoff; every other failure raises at once, as a ServingError subclass (errors.py).
+The channel's message-size limits are raised to `max_message_mb`, since a batch of images or of
+full-image masks is far over gRPC's default 4 MB.
+
+Shapes: B images in a request, N detection slots per image, M mask side, h x w one image.
+"""
+
+import dataclasses
+import io
+import os
+import random
+import time
+
+import grpc
+import numpy as np
+from PIL import Image
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from mask_rcnn_tf.serving.errors import (DeadlineExceededError, ServingError,
+                                         SignatureNotFoundError, error_from_rpc)
+from mask_rcnn_tf.serving.masks import paste_mask
+from mask_rcnn_tf.serving.tensors import dtype_name, make_ndarray, make_tensor_proto, shape_of
+
+DEFAULT_SIGNATURE = "serving_default"
+TENSOR_SIGNATURE = "serving_tensor"
+INPUT_ALIAS = "images"
+# The export's signature for class names: a dummy int32 [n] input (TF Serving's Predict needs at
+# least one input) and a string [K] output, class 1 first.
+CLASS_NAMES_SIGNATURE = "metadata"
+CLASS_NAMES_INPUT = "unused"
+CLASS_NAMES_OUTPUT = "class_names"
+
+_BACKOFF_CAP_SECONDS = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """One detected instance.
+
+    Attributes:
+        class_id: int, 1..K.
+        class_name: str, or None when the model carries no class names.
+        score: float in [0, 1].
+        box: float32 [4], [y1, x1, y2, x2], pixels of the original image.
+        mask: bool [h, w], the instance's pixels in the original image.
+    """
+
+    class_id: int
+    class_name: str | None
+    score: float
+    box: np.ndarray
+    mask: np.ndarray
+
+
+class MaskRCNNClient:
+    """Talks to one model on one TF Serving server. Thread-safe: share one client among threads.
+
+    Args:
+        target: str, "host:port" of the server's gRPC port (8500 by convention).
+        model_name: str, the model's name in the server's model config.
+        signature: str, DEFAULT_SIGNATURE (encoded images) or TENSOR_SIGNATURE (uint8 pixels).
+        version: int or None; None asks for the server's latest version.
+        timeout: float, seconds allowed to each call attempt.
+        max_message_mb: float, send and receive size limit of the channel, in MiB.
+        retries: int, further attempts after an UNAVAILABLE failure.
+        backoff: float, seconds before the first retry; doubles with each retry (capped at 4 s),
+            with up to 50% random jitter so many clients do not retry in step.
+        max_batch_size: int, images per Predict request; longer lists are split.
+        mask_threshold: float, probability from which a pixel belongs to a pasted mask.
+    """
+
+    def __init__(self, target, model_name, signature=DEFAULT_SIGNATURE, version=None,
+                 timeout=30.0, max_message_mb=256, retries=3, backoff=0.1, max_batch_size=8,
+                 mask_threshold=0.5):
+        if not model_name:
+            raise ValueError("MaskRCNNClient: model_name must not be empty")
+        if timeout <= 0 or max_message_mb <= 0 or max_batch_size < 1 or retries < 0:
+            raise ValueError(f"MaskRCNNClient: need timeout > 0, max_message_mb > 0, "
+                             f"max_batch_size >= 1, retries >= 0; got {timeout}, "
+                             f"{max_message_mb}, {max_batch_size}, {retries}")
+        self.target = target
+        self.model_name = model_name
+        self.signature = signature
+        self.version = version
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.max_batch_size = int(max_batch_size)
+        self.mask_threshold = float(mask_threshold)
+        limit = int(max_message_mb * 1024 * 1024)
+        self._channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)])
+        self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._class_names = None
+        self._class_names_known = False
+
+    def close(self):
+        """Closes the channel; calls after this fail."""
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def predict(self, images, min_score=0.0):
+        """Detects instances in each image.
+
+        Args:
+            images: list of images, each a file path (str or os.PathLike), encoded PNG / JPEG
+                bytes, or a NumPy uint8 [h, w, 3] RGB array.
+            min_score: float, detections scoring lower are left out.
+
+        Returns:
+            list with one list of Detection per image, in input order, highest score first.
+
+        Raises:
+            ServingError (a subclass per failure, see errors.py); ValueError or TypeError for an
+            image that cannot be sent; FileNotFoundError for a missing file.
+        """
+        results = []
+        for outputs in self._predict_batches(images):
+            class_names = self.class_names()
+            for index in range(len(outputs["num_detections"])):
+                results.append(self._detections(outputs, index, class_names, min_score))
+        return results
+
+    def predict_outputs(self, images):
+        """The model's raw outputs for a list of images, one Predict request per batch.
+
+        Args:
+            images: list of images, as for predict().
+
+        Returns:
+            dict from output name (num_detections, detection_boxes, ...) to a NumPy array whose
+            first axis runs over all images. Arrays of several requests are joined along that
+            axis; per-image arrays padded to a batch size (full-image masks) are zero-padded to
+            the largest size of all requests.
+        """
+        batches = list(self._predict_batches(images))
+        if len(batches) == 1:
+            return batches[0]
+        return {name: _concatenate_padded([batch[name] for batch in batches])
+                for name in batches[0]}
+
+    def class_names(self):
+        """The model's class names, class 1 first, or None if it exports none (cached)."""
+        if not self._class_names_known:
+            request = self._predict_request(CLASS_NAMES_SIGNATURE)
+            request.inputs[CLASS_NAMES_INPUT].CopyFrom(make_tensor_proto(np.zeros([1], np.int32)))
+            try:
+                response = self._call(self._predict_stub.Predict, request, "Predict")
+                names = make_ndarray(response.outputs[CLASS_NAMES_OUTPUT])
+                self._class_names = [name.decode("utf-8") for name in names.ravel()]
+            except SignatureNotFoundError:
+                self._class_names = None
+            self._class_names_known = True
+        return self._class_names
+
+    def metadata(self):
+        """The model's signatures, from GetModelMetadata.
+
+        Returns:
+            dict with "model_name" (str), "version" (int) and "signatures": {signature key:
+            {"method_name": str, "inputs": {alias: {"dtype": str, "shape": list of int (-1
+            unknown) or None}}, "outputs": {alias: {...}}}}.
+        """
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._fill_model_spec(request.model_spec)
+        response = self._call(self._predict_stub.GetModelMetadata, request, "GetModelMetadata")
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+
+        def tensors(infos):
+            return {alias: {"dtype": dtype_name(info.dtype), "shape": shape_of(info.tensor_shape)}
+                    for alias, info in sorted(infos.items())}
+
+        return {
+            "model_name": response.model_spec.name,
+            "version": response.model_spec.version.value,
+            "signatures": {key: {"method_name": sig.method_name, "inputs": tensors(sig.inputs),
+                                 "outputs": tensors(sig.outputs)}
+                           for key, sig in sorted(signature_map.signature_def.items())},
+        }
+
+    def model_status(self):
+        """The state of each version the server knows, from GetModelStatus.
+
+        Returns:
+            list of dicts {"version": int, "state": "AVAILABLE" / "LOADING" / ..., "error": str
+            (empty when the version is healthy)}.
+        """
+        response = self._call(self._model_stub.GetModelStatus, self._status_request(),
+                              "GetModelStatus")
+        return [{"version": status.version,
+                 "state": get_model_status_pb2.ModelVersionStatus.State.Name(status.state),
+                 "error": status.status.error_message}
+                for status in response.model_version_status]
+
+    def wait_until_ready(self, timeout=60.0, poll_interval=0.25):
+        """Polls GetModelStatus until a version is AVAILABLE.
+
+        No server answering yet (UNAVAILABLE) and a model not known yet (NOT_FOUND: a server
+        still reading its config) both count as "not ready yet".
+
+        Args:
+            timeout: float, seconds to wait in all.
+            poll_interval: float, seconds between polls.
+
+        Returns:
+            int, the highest AVAILABLE version.
+
+        Raises:
+            DeadlineExceededError: not ready within `timeout`; the message says what was seen last.
+            ServingError: a version failed to load (state END with an error), or another failure.
+        """
+        deadline = time.monotonic() + timeout
+        last_seen = "no answer"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceededError(
+                    f"model {self.model_name!r} at {self.target} not ready after {timeout:g} s; "
+                    f"last seen: {last_seen}", code=grpc.StatusCode.DEADLINE_EXCEEDED,
+                    details=last_seen)
+            try:
+                statuses = self._call(self._model_stub.GetModelStatus, self._status_request(),
+                                      "GetModelStatus", timeout=min(self.timeout, remaining),
+                                      retries=0)
+            except ServingError as err:
+                if err.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                last_seen = f"{err.code.name}: {err.details}"
+            else:
+                states = {status.version: status for status in statuses.model_version_status}
+                available = [version for version, status in states.items()
+                             if status.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE]
+                if available:
+                    return max(available)
+                for version, status in states.items():
+                    if status.state == get_model_status_pb2.ModelVersionStatus.END and \
+                            status.status.error_message:
+                        raise ServingError(
+                            f"model {self.model_name!r} version {version} at {self.target} failed "
+                            f"to load: {status.status.error_message}",
+                            details=status.status.error_message)
+                last_seen = ", ".join(
+                    f"version {version} "
+                    f"{get_model_status_pb2.ModelVersionStatus.State.Name(status.state)}"
+                    for version, status in sorted(states.items()))
+            time.sleep(max(0.0, min(poll_interval, deadline - time.monotonic())))
+
+    def _status_request(self):
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._fill_model_spec(request.model_spec)
+        return request
+
+    def _fill_model_spec(self, model_spec, signature=None):
+        model_spec.name = self.model_name
+        if self.version is not None:
+            model_spec.version.value = int(self.version)
+        if signature is not None:
+            model_spec.signature_name = signature
+
+    def _predict_request(self, signature):
+        request = predict_pb2.PredictRequest()
+        self._fill_model_spec(request.model_spec, signature)
+        return request
+
+    def _predict_batches(self, images):
+        """Yields each request's outputs (dict name -> array) for `images` in batches."""
+        if isinstance(images, (str, bytes, os.PathLike, np.ndarray)) and \
+                not (isinstance(images, np.ndarray) and images.ndim == 4):
+            raise TypeError("predict: pass a list of images (paths, bytes or arrays), "
+                            f"got a single {type(images).__name__}")
+        images = list(images)
+        for start in range(0, len(images), self.max_batch_size):
+            chunk = images[start:start + self.max_batch_size]
+            request = self._predict_request(self.signature)
+            if self.signature == TENSOR_SIGNATURE:
+                tensor = _stack_pixels([_pixels(image, start + i) for i, image in enumerate(chunk)])
+            else:
+                tensor = np.array([_encoded(image, start + i) for i, image in enumerate(chunk)],
+                                  dtype=object)
+            request.inputs[INPUT_ALIAS].CopyFrom(make_tensor_proto(tensor))
+            response = self._call(self._predict_stub.Predict, request, "Predict")
+            yield {name: make_ndarray(proto) for name, proto in response.outputs.items()}
+
+    def _detections(self, outputs, index, class_names, min_score):
+        height, width = (int(v) for v in outputs["image_sizes"][index])
+        full_masks = outputs.get("detection_masks_full")
+        detections = []
+        for slot in range(int(outputs["num_detections"][index])):
+            score = float(outputs["detection_scores"][index, slot])
+            if score < min_score:
+                continue
+            class_id = int(outputs["detection_classes"][index, slot])
+            box = np.asarray(outputs["detection_boxes"][index, slot], np.float32)
+            if full_masks is not None:
+                mask = full_masks[index, slot, :height, :width] > 0
+            else:
+                mask = paste_mask(outputs["detection_masks"][index, slot], box,
+                                  (height, width)) >= self.mask_threshold
+            name = None
+            if class_names is not None and 1 <= class_id <= len(class_names):
+                name = class_names[class_id - 1]
+            detections.append(Detection(class_id, name, score, box, mask))
+        return detections
+
+    def _call(self, method, request, name, timeout=None, retries=None):
+        """Calls a stub method with a deadline, retrying UNAVAILABLE with backoff."""
+        retries = self.retries if retries is None else retries
+        delay = self.backoff
+        for attempt in range(retries + 1):
+            try:
+                return method(request, timeout=self.timeout if timeout is None else timeout)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == retries:
+                    raise error_from_rpc(err, f"{name}(model {self.model_name!r})",
+                                         self.target) from None
+            time.sleep(min(delay, _BACKOFF_CAP_SECONDS) * random.uniform(0.5, 1.0))
+            delay *= 2
+
+
+def _encoded(image, index):
+    """Encoded image bytes of a path, bytes or uint8 [h, w, 3] array (PNG for arrays)."""
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with open(image, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image {index}: {os.fspath(image)}: file not found") from None
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    buffer = io.BytesIO()
+    Image.fromarray(_checked_array(image, index)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _pixels(image, index):
+    """uint8 [h, w, 3] RGB of a path, bytes or array (files are decoded here)."""
+    if isinstance(image, np.ndarray):
+        return _checked_array(image, index)
+    data = _encoded(image, index)
+    try:
+        with Image.open(io.BytesIO(data)) as decoded:
+            return np.asarray(decoded.convert("RGB"))
+    except Exception as err:  # PIL raises many types for data that is not an image.
+        raise ValueError(f"image {index}: does not decode as an image ({err})") from None
+
+
+def _checked_array(image, index):
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image {index}: expected a path, bytes or a NumPy array, "
+                        f"got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image {index}: arrays must be uint8 [h, w, 3] RGB, "
+                         f"got {image.dtype} {list(image.shape)}")
+    return image
+
+
+def _stack_pixels(pixels):
+    sizes = sorted({image.shape[:2] for image in pixels})
+    if len(sizes) > 1:
+        raise ValueError(f"signature {TENSOR_SIGNATURE!r} sends one uint8 [B, H, W, 3] tensor, "
+                         f"so the images of a request must share a size; got {sizes}. Use "
+                         f"{DEFAULT_SIGNATURE!r}, which takes images of any size.")
+    return np.stack(pixels)
+
+
+def _concatenate_padded(arrays):
+    """Joins arrays along axis 0, zero-padding the other axes to their largest size."""
+    shape = np.max([array.shape for array in arrays], axis=0)
+    padded = [np.pad(array, [(0, 0)] + [(0, int(size) - current) for size, current
+                                        in zip(shape[1:], array.shape[1:])]) for array in arrays]
+    return np.concatenate(padded)

@@ -1,0 +1,205 @@
+"""One loaded SavedModel version and its Predict logic, as tensorflow_model_server runs it.
+
+Checks follow TF Serving's order and status codes (servables/tensorflow/predict_util.cc):
+signature key (FAILED_PRECONDITION), input aliases (INVALID_ARGUMENT), tensor parsing
+(INVALID_ARGUMENT), then the run itself, whose TensorFlow error keeps its own code (a corrupt
+image is INVALID_ARGUMENT from the decode op). Where tensorflow_model_server only fails deep in the
+graph, this server checks up front and says so in a readable line: dtype and rank against the
+signature, and an empty batch (TF Serving hands it to the graph, whose ops decide).
+"""
+
+import os
+import re
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import predict_pb2
+
+from mask_rcnn_tf.serving.tensors import dtype_name, make_ndarray, make_tensor_proto, shape_of
+
+DEFAULT_SIGNATURE_KEY = "serving_default"
+_TRACE_HEADERS = ("Graph execution error", "Detected at node", "<stack traces", "Node:")
+
+
+class StatusError(Exception):
+    """A request failure with the gRPC status code the server answers it with."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def latest_version(base_path):
+    """The highest numeric version folder under a TF Serving model base path.
+
+    Args:
+        base_path: str or os.PathLike, the folder holding version folders 1/, 2/, ...; other
+            entries (an export's hidden temporary folder) are ignored, as TF Serving does.
+
+    Returns:
+        (int version, str path of the version folder).
+
+    Raises:
+        FileNotFoundError: base_path is missing, or its latest version has no saved_model.pb.
+        ValueError: no numeric version folder.
+    """
+    base_path = os.fspath(base_path)
+    if not os.path.isdir(base_path):
+        raise FileNotFoundError(f"model base path {base_path!r} is not a folder")
+    versions = [int(name) for name in os.listdir(base_path)
+                if name.isdigit() and os.path.isdir(os.path.join(base_path, name))]
+    if not versions:
+        raise ValueError(f"model base path {base_path!r} has no version folder (1/, 2/, ...)")
+    path = os.path.join(base_path, str(max(versions)))
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise FileNotFoundError(f"{path}: no saved_model.pb in the latest version folder")
+    return max(versions), path
+
+
+class Servable:
+    """A SavedModel version loaded for serving; predict() may run from many threads at once.
+
+    Args:
+        name: str, the model name clients ask for.
+        version: int.
+        path: str, the version folder (saved_model.pb, variables/).
+    """
+
+    def __init__(self, name, version, path):
+        self.name = name
+        self.version = version
+        self.path = path
+        saved_model = saved_model_pb2.SavedModel()
+        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+            saved_model.ParseFromString(f.read())
+        # The SignatureDefs exactly as stored: GetModelMetadata returns these, as TF Serving does.
+        self.signature_defs = dict(saved_model.meta_graphs[0].signature_def)
+        self._functions = dict(tf.saved_model.load(path).signatures)
+
+    def predict(self, request):
+        """Runs one PredictRequest whose model_spec was already matched to this servable.
+
+        Args:
+            request: tensorflow_serving.apis.predict_pb2.PredictRequest.
+
+        Returns:
+            PredictResponse: model_spec (name, version, resolved signature_name) and the
+            requested outputs in TensorProto typed fields, as tensorflow_model_server sends them.
+
+        Raises:
+            StatusError: with TF Serving's status code and a one-line message.
+        """
+        key = request.model_spec.signature_name or DEFAULT_SIGNATURE_KEY
+        if key not in self._functions:
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f'Serving signature key "{key}" not found.')
+        signature = self.signature_defs[key]
+        inputs = self._checked_inputs(key, signature, request.inputs)
+        output_names = self._output_names(signature, request.output_filter)
+        try:
+            outputs = self._functions[key](**inputs)
+        except tf.errors.OpError as err:
+            raise StatusError(_status_code(err.error_code), _error_line(err.message)) from None
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = self.name
+        response.model_spec.version.value = self.version
+        response.model_spec.signature_name = key
+        for name in output_names:
+            response.outputs[name].CopyFrom(
+                make_tensor_proto(np.asarray(outputs[name]), use_tensor_content=False))
+        return response
+
+    def _checked_inputs(self, key, signature, request_inputs):
+        """Request tensors as tf.Tensors of the signature's dtypes, keyed by input alias."""
+        sent, expected = set(request_inputs), set(signature.inputs)
+        if len(sent) != len(expected):
+            raise StatusError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input size does not match signature: {len(sent)}!={len(expected)} "
+                f"len({_braces(sent)}) != len({_braces(expected)}). Sent extra: "
+                f"{_braces(sent - expected)}. Missing but required: {_braces(expected - sent)}.")
+        inputs = {}
+        for alias, info in signature.inputs.items():
+            if alias not in request_inputs:
+                raise StatusError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"Signature input alias: {alias}(feed name: {info.name}) not found in "
+                    f"request and no default value provided. Inputs expected to be in the "
+                    f"request {_braces(sent)}, or default input alias set: ")
+            proto = request_inputs[alias]
+            try:
+                array = make_ndarray(proto)
+            except ValueError as err:
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"tensor parsing error: {alias} ({err})") from None
+            expected_shape = shape_of(info.tensor_shape)
+            if proto.dtype != info.dtype or not _shape_fits(array.shape, expected_shape):
+                raise StatusError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input '{alias}' of signature '{key}' must be {dtype_name(info.dtype)} "
+                    f"{_shape_text(expected_shape)}, got {dtype_name(proto.dtype)} "
+                    f"{list(array.shape)}")
+            if array.ndim and array.shape[0] == 0:
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"input '{alias}' of signature '{key}' is an empty batch: "
+                                  f"send at least one image")
+            inputs[alias] = tf.constant(array, tf.dtypes.as_dtype(info.dtype))
+        return inputs
+
+    @staticmethod
+    def _output_names(signature, output_filter):
+        """The outputs to return: all, or those in the request's output_filter."""
+        if not output_filter:
+            return sorted(signature.outputs)
+        for name in output_filter:
+            if name not in signature.outputs:
+                raise StatusError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"output tensor alias not found in signature: {name} Outputs expected to "
+                    f"be in the set {_braces(signature.outputs)}.")
+        if len(set(output_filter)) != len(output_filter):
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"duplicate output tensor alias in {list(output_filter)}")
+        return list(output_filter)
+
+
+def _braces(names):
+    return "{" + ",".join(sorted(names)) + "}"
+
+
+def _shape_fits(shape, expected):
+    if expected is None:
+        return True
+    return len(shape) == len(expected) and all(
+        want in (-1, size) for size, want in zip(shape, expected))
+
+
+def _shape_text(shape):
+    if shape is None:
+        return "of any shape"
+    return "[" + ", ".join("?" if size < 0 else str(size) for size in shape) + "]"
+
+
+def _status_code(error_code):
+    """grpc.StatusCode of a TensorFlow error code (TensorFlow numbers its codes as gRPC does)."""
+    for code in grpc.StatusCode:
+        if code.value[0] == error_code:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _error_line(message):
+    """The line of a TensorFlow error that says what went wrong.
+
+    Errors from a tf.function read "Graph execution error:", "Detected at node ...", a stack
+    trace (indented lines), then the op's own message, then "[[{{node ...}}]] [Op:...]".
+    """
+    lines = []
+    for line in str(message).splitlines():
+        text = re.sub(r"\s*\[\[\{\{.*|\s*\[Op:[^\]]*\]", "", line).strip()
+        if text and not line[:1].isspace() and not text.startswith(_TRACE_HEADERS):
+            lines.append(text)
+    return lines[-1] if lines else "model run failed"

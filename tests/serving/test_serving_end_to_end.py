@@ -1,0 +1,231 @@
+"""Acceptance 3 and 4 of issue 3 on a real export: `mask-rcnn serve` in a subprocess, the client
+against it, results equal to the SavedModel run in process, parallel clients, bad requests, the
+`mask-rcnn client` command, and a clean SIGTERM shutdown.
+
+The model is configs/shapes.yaml slimmed down (base width 16, 64 px images) with random weights:
+its detections are meaningless but plentiful (class scores near 1/4 pass the 0.05 threshold),
+which is all a protocol test needs.
+"""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import grpc
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from mask_rcnn_tf.config import load_config
+from mask_rcnn_tf.data.shapes import make_shapes
+from mask_rcnn_tf.export.saved_model import export_saved_model
+from mask_rcnn_tf.modeling.factory import build_model
+from mask_rcnn_tf.serving import (InvalidRequestError, MaskRCNNClient, ModelNotFoundError,
+                                  SignatureNotFoundError)
+from mask_rcnn_tf.serving.tensors import make_tensor_proto
+from tests.serving.fake_model import free_port
+
+MODEL_NAME = "shapes"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SIZES = [(64, 64), (48, 64), (64, 40), (37, 53), (80, 60), (64, 64)]
+
+
+def encode_png(image):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(model base path, list of PNG bytes of images of different sizes, class names)."""
+    root = tmp_path_factory.mktemp("e2e")
+    shapes = make_shapes(root / "shapes", num_images=len(SIZES), seed=0, image_size=64)
+    config = load_config(os.path.join(REPO, "configs", "shapes.yaml"), [
+        f"data.train.annotations={shapes['annotations_path']}", "model.backbone.base_width=16",
+        "data.min_size=64", "data.max_size=64"])
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model, image_size=config.data.pad_size)
+    model.save_weights(str(root / "random.weights.h5"))
+    base = root / "base"
+    base.mkdir()
+    export_saved_model(config, str(base), weights=str(root / "random.weights.h5"))
+    images = sorted((root / "shapes" / "images").iterdir())
+    encoded = []
+    for path, (height, width) in zip(images, SIZES):
+        with Image.open(path) as image:
+            encoded.append(encode_png(np.asarray(image.convert("RGB").resize((width, height)))))
+    return str(base), encoded
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    """(target, subprocess) of `mask-rcnn serve` on a free port, ready to serve."""
+    base, _ = exported
+    port = free_port()
+    log = open(os.path.join(base, "..", "server.log"), "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mask_rcnn_tf.cli", "serve", "--model-base-path", base,
+         "--model-name", MODEL_NAME, "--port", str(port), "--grace-seconds", "5"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    target = f"127.0.0.1:{port}"
+    try:
+        with MaskRCNNClient(target, MODEL_NAME) as client:
+            assert client.wait_until_ready(timeout=120) == 1
+        yield target, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.seek(0)
+        print(log.read())  # shown by pytest when a test failed
+        log.close()
+
+
+def in_process(base, encoded):
+    """The SavedModel's serving_default outputs, one image per call."""
+    detect = tf.saved_model.load(os.path.join(base, "1")).signatures["serving_default"]
+    return [{name: value.numpy() for name, value in detect(images=tf.constant([data])).items()}
+            for data in encoded]
+
+
+def test_served_detections_equal_the_saved_model_in_process(exported, server):
+    base, encoded = exported
+    target, _ = server
+    expected = in_process(base, encoded)
+    with MaskRCNNClient(target, MODEL_NAME, max_batch_size=4) as client:
+        outputs = client.predict_outputs(encoded)
+        detections = client.predict(encoded)
+        class_names = client.class_names()
+        metadata = client.metadata()
+    assert class_names == ["circle", "square", "triangle"]
+    assert set(metadata["signatures"]) >= {"serving_default", "serving_tensor", "metadata"}
+    assert sum(len(d) for d in detections) > 0, "random weights should still detect something"
+    for index, (want, found) in enumerate(zip(expected, detections)):
+        count = int(want["num_detections"][0])
+        assert outputs["num_detections"][index] == count == len(found)
+        np.testing.assert_array_equal(outputs["image_sizes"][index], SIZES[index])
+        np.testing.assert_array_equal(outputs["detection_classes"][index, :count],
+                                      want["detection_classes"][0, :count])
+        np.testing.assert_allclose(outputs["detection_scores"][index, :count],
+                                   want["detection_scores"][0, :count], atol=1e-4)
+        np.testing.assert_allclose(outputs["detection_boxes"][index, :count],
+                                   want["detection_boxes"][0, :count], atol=1e-3)
+        for slot, detection in enumerate(found):
+            assert detection.class_id == want["detection_classes"][0, slot]
+            assert detection.class_name == class_names[detection.class_id - 1]
+            assert detection.mask.shape == SIZES[index]
+            np.testing.assert_allclose(detection.box, want["detection_boxes"][0, slot], atol=1e-3)
+
+
+def test_eight_clients_ten_requests_each(exported, server):
+    _, encoded = exported
+    target, _ = server
+    client = MaskRCNNClient(target, MODEL_NAME)
+    reference = client.predict_outputs(encoded)["num_detections"]
+    failures, counts = [], []
+
+    def work(worker):
+        try:
+            for request in range(10):
+                index = (worker + request) % len(encoded)
+                result = client.predict([encoded[index]])
+                counts.append(len(result[0]) == reference[index])
+        except Exception as err:  # Collected for the assertion below.
+            failures.append(err)
+
+    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    client.close()
+    assert not failures
+    assert len(counts) == 80 and all(counts)
+
+
+def test_bad_requests_then_still_serving(exported, server):
+    _, encoded = exported
+    target, _ = server
+    good = [encoded[0]]
+    with MaskRCNNClient(target, MODEL_NAME) as client:
+        with pytest.raises(InvalidRequestError, match="INVALID_ARGUMENT: Unknown image file format"):
+            client.predict([b"not an image at all"])
+        with pytest.raises(ModelNotFoundError, match=r"Latest\(nope\)"):
+            MaskRCNNClient(target, "nope").predict(good)
+        with pytest.raises(ModelNotFoundError, match=rf"Specific\({MODEL_NAME}, 2\)"):
+            MaskRCNNClient(target, MODEL_NAME, version=2).predict(good)
+        with pytest.raises(SignatureNotFoundError, match='"serving_x" not found'):
+            MaskRCNNClient(target, MODEL_NAME, signature="serving_x").predict(good)
+        channel = grpc.insecure_channel(target)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for signature, tensor, alias, message in [
+            ("serving_tensor", np.zeros([1, 8, 8, 3], np.float32), "images", "must be uint8"),
+            ("serving_tensor", np.zeros([8, 8, 3], np.uint8), "images", "must be uint8"),
+            ("serving_default", np.array([], dtype=object), "images", "empty batch"),
+            ("serving_default", np.array(good, dtype=object), "image", "alias: images"),
+        ]:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = MODEL_NAME
+            request.model_spec.signature_name = signature
+            request.inputs[alias].CopyFrom(make_tensor_proto(tensor))
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Predict(request, timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in info.value.details()
+        channel.close()
+        assert client.predict_outputs(good)["image_sizes"].tolist() == [list(SIZES[0])]
+
+
+def test_client_command_prints_json_and_draws(exported, server, tmp_path):
+    base, encoded = exported
+    target, _ = server
+    paths = []
+    for index in (0, 3):
+        path = tmp_path / f"image{index}.png"
+        path.write_bytes(encoded[index])
+        paths.append(str(path))
+    result = subprocess.run(
+        [sys.executable, "-m", "mask_rcnn_tf.cli", "client", "--server", target, "--model-name",
+         MODEL_NAME, "--min-score", "0", "--draw", str(tmp_path / "drawn"), *paths],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    expected = in_process(base, [encoded[0], encoded[3]])
+    assert [entry["image"] for entry in report] == paths
+    for entry, want, index in zip(report, expected, (0, 3)):
+        count = int(want["num_detections"][0])
+        assert [d["class_id"] for d in entry["detections"]] == \
+            want["detection_classes"][0, :count].tolist()
+        for detection in entry["detections"]:
+            assert detection["mask_rle"]["size"] == list(SIZES[index])
+    for index in (0, 3):
+        with Image.open(tmp_path / "drawn" / f"image{index}.png") as drawn:
+            assert drawn.size == SIZES[index][::-1]
+
+
+def test_client_command_reports_a_bad_model_name_in_one_line(server, tmp_path):
+    target, _ = server
+    path = tmp_path / "x.png"
+    path.write_bytes(encode_png(np.zeros((8, 8, 3), np.uint8)))
+    result = subprocess.run(
+        [sys.executable, "-m", "mask_rcnn_tf.cli", "client", "--server", target, "--model-name",
+         "nope", str(path)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"mask-rcnn client: error: Predict(model 'nope') at {target} failed: NOT_FOUND: "
+        "Servable not found for request: Latest(nope)")
+
+
+def test_sigterm_shuts_down_cleanly(server):
+    # Runs last in this module: it stops the shared server.
+    _, process = server
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
