@@ -20,6 +20,7 @@ Shapes: B images in a request, N detection slots per image, M mask side, h x w o
 
 import dataclasses
 import io
+import logging
 import os
 import random
 import time
@@ -31,8 +32,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from mask_rcnn_tf.serving.errors import (DeadlineExceededError, ServingError,
-                                         SignatureNotFoundError, error_from_rpc)
+from mask_rcnn_tf.serving.errors import DeadlineExceededError, ServingError, error_from_rpc
 from mask_rcnn_tf.serving.masks import paste_mask
 from mask_rcnn_tf.serving.tensors import dtype_name, make_ndarray, make_tensor_proto, shape_of
 
@@ -46,6 +46,8 @@ CLASS_NAMES_INPUT = "unused"
 CLASS_NAMES_OUTPUT = "class_names"
 
 _BACKOFF_CAP_SECONDS = 4.0
+
+logger = logging.getLogger("mask_rcnn_tf.serving")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,16 +163,26 @@ class MaskRCNNClient:
                 for name in batches[0]}
 
     def class_names(self):
-        """The model's class names, class 1 first, or None if it exports none (cached)."""
+        """The model's class names, class 1 first, or None if it has none to give (cached).
+
+        Read from the export's CLASS_NAMES_SIGNATURE. A model without it, or a server that
+        cannot run it (FAILED_PRECONDITION: e.g. batching that needs a batch dimension on every
+        output), gives None with a logged warning: detections then carry class ids only.
+        """
         if not self._class_names_known:
             request = self._predict_request(CLASS_NAMES_SIGNATURE)
             request.inputs[CLASS_NAMES_INPUT].CopyFrom(make_tensor_proto(np.zeros([1], np.int32)))
             try:
                 response = self._call(self._predict_stub.Predict, request, "Predict")
-                names = make_ndarray(response.outputs[CLASS_NAMES_OUTPUT])
-                self._class_names = [name.decode("utf-8") for name in names.ravel()]
-            except SignatureNotFoundError:
+            except ServingError as err:
+                if err.code != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                logger.warning("no class names: %s", err)
                 self._class_names = None
+            else:
+                # [K], or [1, K] from an export that gives the names a batch dimension.
+                names = make_ndarray(response.outputs[CLASS_NAMES_OUTPUT]).reshape(-1)
+                self._class_names = [name.decode("utf-8") for name in names]
             self._class_names_known = True
         return self._class_names
 
