@@ -1,4 +1,4 @@
-"""Detections in the frame of the image a client sent: boxes rescaled and clipped, masks pasted.
+"""Detections in the frame of the image a client sent: boxes rescaled, masks pasted.
 
 The model sees each image resized by `scale` and padded; a client of the serving graph wants
 pixels of its own image, whose size differs per image and per request. Everything here works
@@ -11,7 +11,10 @@ the batch).
 
 import tensorflow as tf
 
-from mask_rcnn_tf.ops.box_ops import clip_boxes
+
+def valid_rows(num_detections, num_rows):
+    """bool [B, N]: True on the first num_detections[b] of num_rows rows of image b."""
+    return tf.range(num_rows)[None, :] < tf.cast(num_detections, tf.int32)[:, None]
 
 
 def to_original_frame(boxes, scales, num_detections):
@@ -28,16 +31,6 @@ def to_original_frame(boxes, scales, num_detections):
     """
     boxes = tf.cast(boxes, tf.float32) / tf.cast(scales, tf.float32)[:, None, None]
     return tf.where(valid_rows(num_detections, tf.shape(boxes)[1])[:, :, None], boxes, 0.0)
-
-
-def valid_rows(num_detections, num_rows):
-    """bool [B, N]: True on the first num_detections[b] of num_rows rows of image b."""
-    return tf.range(num_rows)[None, :] < tf.cast(num_detections, tf.int32)[:, None]
-
-
-def clip_to_images(boxes, image_sizes):
-    """Clips boxes [B, N, 4] (yxyx pixels) to their images, image_sizes int32 [B, 2] (h, w)."""
-    return clip_boxes(boxes, tf.cast(image_sizes, tf.float32))
 
 
 def paste_masks_dynamic(masks, boxes, canvas_size):

@@ -32,12 +32,13 @@ from mask_rcnn_tf.training.checkpoints import load_model_weights
 logger = logging.getLogger("mask_rcnn_tf.export")
 
 
-def check_class_names(class_names, num_classes):
+def check_class_names(class_names, num_classes, source):
     """Checks the object class names of a model with num_classes classes (background included).
 
     Args:
         class_names: sequence of str, class 1 first.
         num_classes: int, model.num_classes.
+        source: where the names come from, for error messages (the annotations file).
 
     Returns:
         list of str.
@@ -48,11 +49,12 @@ def check_class_names(class_names, num_classes):
     """
     names = [str(name) for name in class_names]
     if len(names) != num_classes - 1:
-        raise ValueError(f"model.num_classes={num_classes} needs {num_classes - 1} class names "
-                         f"(background excluded), the annotations categories give {len(names)}")
+        raise ValueError(f"{source}: {len(names)} categories, but model.num_classes="
+                         f"{num_classes} needs {num_classes - 1} class names (background "
+                         "excluded)")
     for name in names:
         if not name.strip() or "\n" in name or "\r" in name:
-            raise ValueError(f"class name {name!r} must be non-empty and on one line")
+            raise ValueError(f"{source}: class name {name!r} must be non-empty and on one line")
     return names
 
 
@@ -107,7 +109,8 @@ def export_saved_model(config, export_base, *, model_dir=None, weights=None, ver
     """
     version = resolve_version(export_base, version, overwrite)
     class_names = check_class_names([name for _, name in load_categories(config.data)],
-                                    config.model.num_classes)
+                                    config.model.num_classes,
+                                    config.data.train.annotations or config.data.val.annotations)
     model = build_model(config.model, image_size=config.data.pad_size)
     loaded = load_model_weights(model, model_dir=model_dir, weights=weights)
     path = publish_version(

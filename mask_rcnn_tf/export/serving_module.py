@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from mask_rcnn_tf.data.pipeline import preprocess_image
 from mask_rcnn_tf.export import postprocess
+from mask_rcnn_tf.ops.box_ops import clip_boxes
 
 SERVING_DEFAULT = "serving_default"
 SERVING_TENSOR = "serving_tensor"
@@ -100,7 +101,8 @@ class ServingModule:
         return self._detect(images, decode=True)
 
     def detect_pixels(self, images):
-        """Detections on pixels: images uint8 [B, H, W, 3] RGB; outputs as in the module docstring."""
+        """Detections on pixels: images uint8 [B, H, W, 3] RGB; outputs as in the module
+        docstring."""
         checks = [tf.debugging.assert_positive(
             tf.shape(images)[1:3], message="images: height and width must be positive")]
         with tf.control_dependencies(checks):
@@ -136,7 +138,7 @@ class ServingModule:
         masks = tf.where(valid[:, :, None, None], detections["detection_masks"], 0.0)
         outputs = {
             "num_detections": num,
-            "detection_boxes": postprocess.clip_to_images(boxes, image_sizes),
+            "detection_boxes": clip_boxes(boxes, image_sizes),
             "detection_classes": tf.where(valid, detections["detection_classes"], 0),
             "detection_scores": tf.where(valid, detections["detection_scores"], 0.0),
             "detection_masks": masks,

@@ -56,15 +56,20 @@ def resolve_version(export_base, version=None, overwrite=False):
     return version
 
 
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_tree(root):
     """Flushes every file and folder under root to disk, deepest first."""
     for folder, _, files in os.walk(root, topdown=False):
-        for name in files + [""]:
-            fd = os.open(os.path.join(folder, name) if name else folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        for name in files:
+            _fsync(os.path.join(folder, name))
+        _fsync(folder)
 
 
 def publish_version(export_base, version, write, overwrite=False):
@@ -79,7 +84,7 @@ def publish_version(export_base, version, write, overwrite=False):
 
     Args:
         export_base: folder of the version folders; created if missing.
-        version: positive int.
+        version: positive int, or None for next_version(export_base).
         write: callable taking the str path of the folder to create.
         overwrite: replace an existing version folder.
 
@@ -109,4 +114,6 @@ def publish_version(export_base, version, write, overwrite=False):
     finally:
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
+    # Without this, a power loss could forget the rename of a folder whose files were flushed.
+    _fsync(export_base)
     return final
