@@ -15,17 +15,13 @@ again without it, so no unlabelled fragment stays and the figures it covered get
 back.
 """
 
-import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
-from PIL import Image
 
-from mask_rcnn_tf.data.shapes import (
-    MIN_VISIBLE_FRACTION, NOISE_SIGMA, _annotation, _move_into_place, _prepare_output,
-    _random_colour)
+from mask_rcnn_tf.data.synthetic import (
+    MIN_VISIBLE_FRACTION, instance_annotation, noisy_background, random_colour,
+    write_coco_dataset)
 
 KEYPOINT_NAMES = ("head", "neck", "left_hand", "right_hand", "hip", "left_foot", "right_foot")
 # Limbs as 1-based keypoint ids (COCO's skeleton convention).
@@ -123,15 +119,13 @@ def _make_image(rng, image_size):
         mask bool [S, S], owner index), owner int32 [S, S], num_dropped): figures in drawing
         order, those under the visibility threshold left out and counted.
     """
-    background = rng.integers(0, 256, size=3)
-    noise = rng.normal(0.0, NOISE_SIGMA, size=(image_size, image_size, 3))
-    image = np.clip(np.rint(background + noise), 0, 255).astype(np.uint8)
+    background, image = noisy_background(rng, image_size)
     figures = []
     for _ in range(int(rng.integers(1, MAX_FIGURES + 1))):
         points, height = _figure_keypoints(rng)
         points = _place(rng, points, height, image_size)
         figures.append((points, _figure_mask(points, height, image_size),
-                        _random_colour(rng, background)))
+                        random_colour(rng, background)))
     owner = _owners([mask for _, mask, _ in figures], image_size)
     kept = [figure for index, figure in enumerate(figures)
             if (owner == index).sum() >= MIN_VISIBLE_FRACTION * figure[1].sum()]
@@ -181,45 +175,27 @@ def make_figures(output_dir, num_images, seed, image_size=128, overwrite=False):
         "num_dropped" (figures under the visibility threshold), "num_visible_keypoints" (v = 2)
         and "num_occluded_keypoints" (v = 1).
     """
-    if int(num_images) != num_images or num_images < 1:
-        raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
-    if int(image_size) != image_size or image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}")
-    num_images, image_size = int(num_images), int(image_size)
-    output_dir = os.fspath(output_dir)
-    parent = _prepare_output(output_dir, overwrite)
-    rng = np.random.default_rng(seed)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-    try:
-        os.mkdir(os.path.join(staging, "images"))
-        images, annotations, num_dropped = [], [], 0
-        for image_id in range(num_images):
-            file_name = f"{image_id:06d}.png"
-            image, objects, owner, dropped = _make_image(rng, image_size)
-            num_dropped += dropped
-            Image.fromarray(image).save(
-                os.path.join(staging, "images", file_name), format="PNG", compress_level=6)
-            images.append({"id": image_id, "file_name": file_name,
-                           "height": image_size, "width": image_size})
-            for points, visible, index in objects:
-                annotation = _annotation(len(annotations) + 1, image_id, CATEGORY["id"], visible)
-                keypoints = _keypoints(points, owner, index)
-                _, _, width, height = annotation["bbox"]
-                annotation.update(area=width * height, keypoints=keypoints,
-                                  num_keypoints=sum(v > 0 for v in keypoints[2::3]))
-                annotations.append(annotation)
-        coco = {"images": images, "annotations": annotations, "categories": [CATEGORY]}
-        with open(os.path.join(staging, "annotations.json"), "w", encoding="utf-8") as f:
-            json.dump(coco, f, sort_keys=True, separators=(",", ":"))
-        _move_into_place(staging, output_dir, parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    def draw(rng, size, image_id, first_annotation_id):
+        image, objects, owner, dropped = _make_image(rng, size)
+        annotations = []
+        for i, (points, visible, index) in enumerate(objects):
+            annotation = instance_annotation(first_annotation_id + i, image_id, CATEGORY["id"],
+                                             visible)
+            keypoints = _keypoints(points, owner, index)
+            _, _, width, height = annotation["bbox"]
+            annotation.update(area=width * height, keypoints=keypoints,
+                              num_keypoints=sum(v > 0 for v in keypoints[2::3]))
+            annotations.append(annotation)
+        return image, annotations, dropped
+
+    annotations, num_dropped = write_coco_dataset(
+        output_dir, num_images=num_images, seed=seed, image_size=image_size,
+        min_image_size=MIN_IMAGE_SIZE, overwrite=overwrite, categories=[CATEGORY], draw=draw)
     visibilities = [v for annotation in annotations for v in annotation["keypoints"][2::3]]
     return {
-        "output_dir": output_dir,
-        "annotations_path": os.path.join(output_dir, "annotations.json"),
-        "num_images": num_images,
+        "output_dir": os.fspath(output_dir),
+        "annotations_path": os.path.join(os.fspath(output_dir), "annotations.json"),
+        "num_images": int(num_images),
         "num_annotations": len(annotations),
         "num_dropped": num_dropped,
         "num_visible_keypoints": visibilities.count(2),

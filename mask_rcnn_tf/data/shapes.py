@@ -13,14 +13,13 @@ object left less than 30% visible is dropped and erased from the image, so that 
 fragment stays.
 """
 
-import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
-from PIL import Image
-from pycocotools import mask as mask_utils
+
+from mask_rcnn_tf.data.synthetic import (
+    MIN_VISIBLE_FRACTION, instance_annotation, noisy_background, random_colour,
+    write_coco_dataset)
 
 CATEGORIES = (
     {"id": 1, "name": "circle", "supercategory": "shape"},
@@ -30,9 +29,6 @@ CATEGORIES = (
 MIN_SIZE = 16.0
 MAX_SIZE = 48.0
 MAX_OBJECTS = 4
-MIN_VISIBLE_FRACTION = 0.3
-MIN_COLOUR_DISTANCE = 100.0
-NOISE_SIGMA = 5.0
 # Centres keep 3/4 of the circumradius inside the image: at most ~14% of a shape (in a corner)
 # falls outside, so the last-drawn object always survives the visibility rule.
 CENTRE_MARGIN = 0.75
@@ -73,13 +69,6 @@ def _shape_mask(category_id, size, angle, cy, cx):
     return (v <= size / 3.0) & (np.abs(u) * np.sqrt(3.0) <= v + 2.0 * size / 3.0), y0, x0
 
 
-def _random_colour(rng, background):
-    while True:
-        colour = rng.integers(0, 256, size=3)
-        if np.linalg.norm(colour - background) >= MIN_COLOUR_DISTANCE:
-            return colour
-
-
 def _make_image(rng, image_size):
     """Draws one image.
 
@@ -87,9 +76,7 @@ def _make_image(rng, image_size):
         (image uint8 [S, S, 3], list of (category_id, visible mask bool [S, S]), num_dropped):
         objects in drawing order, those under the visibility threshold left out and counted.
     """
-    background = rng.integers(0, 256, size=3)
-    noise = rng.normal(0.0, NOISE_SIGMA, size=(image_size, image_size, 3))
-    canvas = np.clip(np.rint(background + noise), 0, 255).astype(np.uint8)
+    background, canvas = noisy_background(rng, image_size)
     image = canvas.copy()
     # owner[y, x] = index of the object visible at that pixel, -1 for background.
     owner = np.full((image_size, image_size), -1, dtype=np.int32)
@@ -102,7 +89,7 @@ def _make_image(rng, image_size):
                  3: rng.uniform(0.0, 2.0 * np.pi / 3.0)}[category_id]
         margin = CENTRE_MARGIN * _circumradius(category_id, size)
         cy, cx = rng.uniform(margin, image_size - margin, size=2)
-        colour = _random_colour(rng, background)
+        colour = random_colour(rng, background)
         shape, y0, x0 = _shape_mask(category_id, size, angle, cy, cx)
         full_area = int(shape.sum())
         ys, xs = np.nonzero(shape)
@@ -121,45 +108,6 @@ def _make_image(rng, image_size):
             # A dropped object vanishes from the image too: no unlabelled fragments remain.
             image[visible] = canvas[visible]
     return image, kept, len(objects) - len(kept)
-
-
-def _annotation(annotation_id, image_id, category_id, visible):
-    ys, xs = np.nonzero(visible)
-    x, y = int(xs.min()), int(ys.min())
-    rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
-    return {
-        "id": annotation_id,
-        "image_id": image_id,
-        "category_id": category_id,
-        "bbox": [x, y, int(xs.max()) + 1 - x, int(ys.max()) + 1 - y],
-        "area": int(visible.sum()),
-        "segmentation": {"size": [int(v) for v in rle["size"]],
-                         "counts": rle["counts"].decode("ascii")},
-        "iscrowd": 0,
-    }
-
-
-def _prepare_output(output_dir, overwrite):
-    if os.path.exists(output_dir):
-        if not os.path.isdir(output_dir):
-            raise ValueError(f"{output_dir}: output_dir exists and is not a directory")
-        if os.listdir(output_dir) and not overwrite:
-            raise ValueError(f"{output_dir}: output_dir exists and is not empty "
-                             "(use --overwrite, or overwrite=True, to replace it)")
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    return parent
-
-
-def _move_into_place(staging, output_dir, parent):
-    if not os.path.exists(output_dir):
-        os.replace(staging, output_dir)
-        return
-    # os.replace cannot replace a non-empty directory: move the old one aside first.
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=parent)
-    os.replace(output_dir, os.path.join(old, "data"))
-    os.replace(staging, output_dir)
-    shutil.rmtree(old)
 
 
 def make_shapes(output_dir, num_images, seed, image_size=128, overwrite=False):
@@ -186,43 +134,22 @@ def make_shapes(output_dir, num_images, seed, image_size=128, overwrite=False):
         "num_dropped" (objects under the visibility threshold) and "instances_per_category"
         ({name: count}).
     """
-    if int(num_images) != num_images or num_images < 1:
-        raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
-    if int(image_size) != image_size or image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}")
-    num_images, image_size = int(num_images), int(image_size)
-    output_dir = os.fspath(output_dir)
-    parent = _prepare_output(output_dir, overwrite)
-    rng = np.random.default_rng(seed)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-    try:
-        os.mkdir(os.path.join(staging, "images"))
-        images, annotations, num_dropped = [], [], 0
-        for image_id in range(num_images):
-            file_name = f"{image_id:06d}.png"
-            image, objects, dropped = _make_image(rng, image_size)
-            num_dropped += dropped
-            Image.fromarray(image).save(
-                os.path.join(staging, "images", file_name), format="PNG", compress_level=6)
-            images.append({"id": image_id, "file_name": file_name,
-                           "height": image_size, "width": image_size})
-            for category_id, visible in objects:
-                annotations.append(
-                    _annotation(len(annotations) + 1, image_id, category_id, visible))
-        coco = {"images": images, "annotations": annotations, "categories": list(CATEGORIES)}
-        with open(os.path.join(staging, "annotations.json"), "w", encoding="utf-8") as f:
-            json.dump(coco, f, sort_keys=True, separators=(",", ":"))
-        _move_into_place(staging, output_dir, parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    def draw(rng, size, image_id, first_annotation_id):
+        image, objects, dropped = _make_image(rng, size)
+        annotations = [instance_annotation(first_annotation_id + i, image_id, category_id, visible)
+                       for i, (category_id, visible) in enumerate(objects)]
+        return image, annotations, dropped
+
+    annotations, num_dropped = write_coco_dataset(
+        output_dir, num_images=num_images, seed=seed, image_size=image_size,
+        min_image_size=MIN_IMAGE_SIZE, overwrite=overwrite, categories=CATEGORIES, draw=draw)
     counts = {c["name"]: 0 for c in CATEGORIES}
     for annotation in annotations:
         counts[CATEGORIES[annotation["category_id"] - 1]["name"]] += 1
     return {
-        "output_dir": output_dir,
-        "annotations_path": os.path.join(output_dir, "annotations.json"),
-        "num_images": num_images,
+        "output_dir": os.fspath(output_dir),
+        "annotations_path": os.path.join(os.fspath(output_dir), "annotations.json"),
+        "num_images": int(num_images),
         "num_annotations": len(annotations),
         "num_dropped": num_dropped,
         "instances_per_category": counts,
