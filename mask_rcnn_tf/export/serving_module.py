@@ -19,7 +19,7 @@ K object classes, Hc x Wc the largest image of the request):
                                             beyond that image's (h, w)
     metadata          inputs:  unused       int32 [B]  ignored (TF Serving's Predict needs an
                                             input); send e.g. [0]
-                      outputs: class_names  string [K]  name of class 1 first
+                      outputs: class_names  string [B, K]  name of class 1 first, per row
 
 Rows from num_detections[b] on are zero in every per-detection output. The 28 x 28 masks cover
 the unclipped box, which differs from the clipped detection_boxes only for boxes reaching past
@@ -109,9 +109,12 @@ class ServingModule:
             return self._detect(tf.identity(images), decode=False)
 
     def metadata(self, unused):
-        """Class names: unused int32 [B] is ignored; returns {"class_names": string [K]}."""
-        del unused
-        return {"class_names": tf.constant(self.class_names, tf.string)}
+        """Class names, one row per request row: unused int32 [B] only sets B; returns
+        {"class_names": string [B, K]}. The batch dimension is there because
+        tensorflow_model_server with --enable_batching batches every signature and rejects
+        outputs whose first dimension is not the batch."""
+        names = tf.constant(self.class_names, tf.string)
+        return {"class_names": tf.tile(names[None], [tf.shape(unused)[0], 1])}
 
     def _prepare(self, image, decode):
         """One image (encoded string scalar, or uint8 [h, w, 3]) -> model input parts."""

@@ -11,6 +11,9 @@ import numpy as np
 import tensorflow as tf
 
 from mask_rcnn_tf.ops.roi_align import crop_and_resize_aligned
+# The NumPy twin of paste_masks lives with the gRPC client, which must run without the model
+# code; re-exported here so model-side callers find both in one place.
+from mask_rcnn_tf.serving.masks import paste_mask as paste_masks_numpy  # noqa: F401
 
 
 def crop_masks(masks, boxes, output_size):
@@ -123,45 +126,3 @@ def paste_masks(masks, boxes, image_size):
     non_empty = tf.cast((y2 > y1) & (x2 > x1), tf.float32)
     pasted = tf.reshape(pasted, [batch_size, num_boxes, height, width])
     return pasted * non_empty[:, :, None, None]
-
-
-def _zero_padded_weights(coords, size):
-    """[n, size] bilinear weights of index coordinates `coords` on `size` cells, zero outside."""
-    low = np.floor(coords)
-    frac = coords - low
-    low = low.astype(np.int64)
-    cells = np.arange(size)
-    return ((cells[None, :] == low[:, None]) * (1.0 - frac)[:, None]
-            + (cells[None, :] == low[:, None] + 1) * frac[:, None])
-
-
-def paste_masks_numpy(mask, box, image_size):
-    """NumPy twin of paste_masks for one mask (no TensorFlow needed, e.g. in a gRPC client).
-
-    Args:
-        mask: float [Mm, Mw] NumPy array, probabilities inside the box.
-        box: 4 floats [y1, x1, y2, x2], pixels of the target image.
-        image_size: (h, w) Python ints.
-
-    Returns:
-        float32 [h, w] NumPy array; zero outside the box's neighbourhood and for an empty box.
-    """
-    mask = np.asarray(mask, np.float64)
-    y1, x1, y2, x2 = (float(v) for v in box)
-    height, width = image_size
-    out = np.zeros((height, width), np.float32)
-    if not (y2 > y1 and x2 > x1):
-        return out
-    cell_h = (y2 - y1) / mask.shape[0]
-    cell_w = (x2 - x1) / mask.shape[1]
-    # Only pixels within one mask cell of the box can be non-zero.
-    row0, row1 = max(int(np.floor(y1 - cell_h)), 0), min(int(np.ceil(y2 + cell_h)), height)
-    col0, col1 = max(int(np.floor(x1 - cell_w)), 0), min(int(np.ceil(x2 + cell_w)), width)
-    if row0 >= row1 or col0 >= col1:
-        return out
-    mask_rows = (np.arange(row0, row1) + 0.5 - y1) / cell_h - 0.5
-    mask_cols = (np.arange(col0, col1) + 0.5 - x1) / cell_w - 0.5
-    weights_y = _zero_padded_weights(mask_rows, mask.shape[0])
-    weights_x = _zero_padded_weights(mask_cols, mask.shape[1])
-    out[row0:row1, col0:col1] = weights_y @ mask @ weights_x.T
-    return out

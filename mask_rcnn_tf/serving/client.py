@@ -19,7 +19,6 @@ Shapes: B images in a request, N detection slots per image, M mask side, h x w o
 """
 
 import dataclasses
-import io
 import logging
 import os
 import random
@@ -27,20 +26,20 @@ import time
 
 import grpc
 import numpy as np
-from PIL import Image
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
 from mask_rcnn_tf.serving.errors import DeadlineExceededError, ServingError, error_from_rpc
+from mask_rcnn_tf.serving.images import encode_image, image_pixels
 from mask_rcnn_tf.serving.masks import paste_mask
 from mask_rcnn_tf.serving.tensors import dtype_name, make_ndarray, make_tensor_proto, shape_of
 
 DEFAULT_SIGNATURE = "serving_default"
 TENSOR_SIGNATURE = "serving_tensor"
 INPUT_ALIAS = "images"
-# The export's signature for class names: a dummy int32 [n] input (TF Serving's Predict needs at
-# least one input) and a string [K] output, class 1 first.
+# The export's signature for class names (mask_rcnn_tf/export/serving_module.py): a dummy int32
+# [n] input, since TF Serving's Predict needs one, and a string [K] output, class 1 first.
 CLASS_NAMES_SIGNATURE = "metadata"
 CLASS_NAMES_INPUT = "unused"
 CLASS_NAMES_OUTPUT = "class_names"
@@ -50,7 +49,8 @@ _BACKOFF_CAP_SECONDS = 4.0
 logger = logging.getLogger("mask_rcnn_tf.serving")
 
 
-@dataclasses.dataclass(frozen=True)
+# eq=False: fields hold arrays, which have no single truth value for ==.
+@dataclasses.dataclass(frozen=True, eq=False)
 class Detection:
     """One detected instance.
 
@@ -157,6 +157,8 @@ class MaskRCNNClient:
             the largest size of all requests.
         """
         batches = list(self._predict_batches(images))
+        if not batches:
+            raise ValueError("predict_outputs: no images")
         if len(batches) == 1:
             return batches[0]
         return {name: _concatenate_padded([batch[name] for batch in batches])
@@ -180,7 +182,7 @@ class MaskRCNNClient:
                 logger.warning("no class names: %s", err)
                 self._class_names = None
             else:
-                # [K], or [1, K] from an export that gives the names a batch dimension.
+                # [1, K]: one row per request row.
                 names = make_ndarray(response.outputs[CLASS_NAMES_OUTPUT]).reshape(-1)
                 self._class_names = [name.decode("utf-8") for name in names]
             self._class_names_known = True
@@ -308,10 +310,11 @@ class MaskRCNNClient:
             chunk = images[start:start + self.max_batch_size]
             request = self._predict_request(self.signature)
             if self.signature == TENSOR_SIGNATURE:
-                tensor = _stack_pixels([_pixels(image, start + i) for i, image in enumerate(chunk)])
+                tensor = _stack_pixels([image_pixels(image, start + i)
+                                        for i, image in enumerate(chunk)])
             else:
-                tensor = np.array([_encoded(image, start + i) for i, image in enumerate(chunk)],
-                                  dtype=object)
+                tensor = np.array([encode_image(image, start + i)
+                                   for i, image in enumerate(chunk)], dtype=object)
             request.inputs[INPUT_ALIAS].CopyFrom(make_tensor_proto(tensor))
             response = self._call(self._predict_stub.Predict, request, "Predict")
             yield {name: make_ndarray(proto) for name, proto in response.outputs.items()}
@@ -350,43 +353,6 @@ class MaskRCNNClient:
                                          self.target) from None
             time.sleep(min(delay, _BACKOFF_CAP_SECONDS) * random.uniform(0.5, 1.0))
             delay *= 2
-
-
-def _encoded(image, index):
-    """Encoded image bytes of a path, bytes or uint8 [h, w, 3] array (PNG for arrays)."""
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            with open(image, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image {index}: {os.fspath(image)}: file not found") from None
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return bytes(image)
-    buffer = io.BytesIO()
-    Image.fromarray(_checked_array(image, index)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _pixels(image, index):
-    """uint8 [h, w, 3] RGB of a path, bytes or array (files are decoded here)."""
-    if isinstance(image, np.ndarray):
-        return _checked_array(image, index)
-    data = _encoded(image, index)
-    try:
-        with Image.open(io.BytesIO(data)) as decoded:
-            return np.asarray(decoded.convert("RGB"))
-    except Exception as err:  # PIL raises many types for data that is not an image.
-        raise ValueError(f"image {index}: does not decode as an image ({err})") from None
-
-
-def _checked_array(image, index):
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"image {index}: expected a path, bytes or a NumPy array, "
-                        f"got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image {index}: arrays must be uint8 [h, w, 3] RGB, "
-                         f"got {image.dtype} {list(image.shape)}")
-    return image
 
 
 def _stack_pixels(pixels):

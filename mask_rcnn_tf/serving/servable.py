@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from mask_rcnn_tf.serving.tensors import dtype_name, make_ndarray, make_tensor_proto, shape_of
 
@@ -77,7 +77,37 @@ class Servable:
             saved_model.ParseFromString(f.read())
         # The SignatureDefs exactly as stored: GetModelMetadata returns these, as TF Serving does.
         self.signature_defs = dict(saved_model.meta_graphs[0].signature_def)
-        self._functions = dict(tf.saved_model.load(path).signatures)
+        # The loaded root owns the variables: kept alive so the signature functions stay valid.
+        self._loaded = tf.saved_model.load(path)
+        self._functions = dict(self._loaded.signatures)
+
+    def warm_up(self):
+        """Runs the version's warm-up requests, as tensorflow_model_server does before serving.
+
+        Reads assets.extra/tf_serving_warmup_requests (TFRecord of PredictionLog) if present.
+
+        Returns:
+            int, the number of requests run.
+
+        Raises:
+            ValueError: a record that is not a Predict log, or one that fails (a failing warm-up
+                fails the load in tensorflow_model_server too); the message names the record.
+        """
+        path = os.path.join(self.path, "assets.extra", "tf_serving_warmup_requests")
+        if not os.path.isfile(path):
+            return 0
+        count = 0
+        for count, record in enumerate(tf.data.TFRecordDataset(path), start=1):
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if not log.HasField("predict_log"):
+                raise ValueError(f"{path}: warm-up record {count} is a {log.WhichOneof('log_type')}"
+                                 f", only Predict logs are supported")
+            try:
+                self.predict(log.predict_log.request)
+            except StatusError as err:
+                raise ValueError(f"{path}: warm-up record {count} failed: {err.code.name}: "
+                                 f"{err.message}") from None
+        return count
 
     def predict(self, request):
         """Runs one PredictRequest whose model_spec was already matched to this servable.

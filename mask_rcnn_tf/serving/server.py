@@ -1,6 +1,6 @@
 """Development gRPC server with TF Serving's API: `mask-rcnn serve`.
 
-Production serving is tensorflow_model_server (the tensorflow/serving image; see serving/README.md);
+Production serving is tensorflow_model_server (the tensorflow/serving image, serving/README.md);
 it cannot be installed here, so development and tests use this stand-in, which the same client
 talks to. It implements PredictionService (Predict, GetModelMetadata) and ModelService
 (GetModelStatus) with the servicer classes generated in tensorflow-serving-api, serves the highest
@@ -8,10 +8,11 @@ version under a model base path, and answers as tensorflow_model_server does whe
 tell: the model_spec echoed in responses, outputs in TensorProto typed fields, and its status
 codes and messages (NOT_FOUND for an unknown model or version, FAILED_PRECONDITION for an unknown
 signature, INVALID_ARGUMENT for a bad input; see servable.py). Like tensorflow_model_server it
-loads the model before it opens its port, allows messages up to 2 GiB, runs requests in parallel
-(the loaded functions are thread-safe), and on SIGTERM or SIGINT lets the requests in flight
-finish (a grace period) before it exits. Not implemented: Classify, Regress, MultiInference,
-model config reloads and polling for new versions.
+loads the model and replays its warm-up requests before it opens its port, allows messages up to
+2 GiB, runs requests in parallel (the loaded functions are thread-safe), and on SIGTERM or SIGINT
+lets the requests in flight finish (a grace period) before it exits. Not implemented: Classify,
+Regress, MultiInference, REST, request batching, model config reloads and polling for new
+versions.
 """
 
 import concurrent.futures
@@ -162,7 +163,8 @@ def start_server(servable, host="127.0.0.1", port=8500, max_workers=8):
 
 def serve(model_base_path, model_name, host="127.0.0.1", port=8500, max_workers=8,
           grace_seconds=10.0):
-    """Loads the latest version under model_base_path and serves it until SIGTERM or SIGINT.
+    """Loads the latest version under model_base_path, runs its warm-up requests, and serves it
+    until SIGTERM or SIGINT.
 
     Must run in the main thread (it installs the signal handlers).
 
@@ -176,6 +178,7 @@ def serve(model_base_path, model_name, host="127.0.0.1", port=8500, max_workers=
     """
     version, path = latest_version(model_base_path)
     servable = Servable(model_name, version, path)
+    logger.info("ran %d warm-up requests", servable.warm_up())
     server, bound_port = start_server(servable, host, port, max_workers)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())

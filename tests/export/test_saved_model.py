@@ -127,8 +127,9 @@ def test_layout_labels_and_metadata(setup):
         assert (export_dir / name).exists(), name
     names = [category["name"] for category in CATEGORIES]
     assert (export_dir / "assets" / "labels.txt").read_text() == "".join(n + "\n" for n in names)
-    metadata = setup["loaded"].signatures["metadata"](unused=tf.constant([0]))
-    assert [n.decode() for n in metadata["class_names"].numpy()] == names
+    # One row per request row: batching servers reject outputs without the batch dimension.
+    metadata = setup["loaded"].signatures["metadata"](unused=tf.constant([0, 0]))
+    assert [[n.decode() for n in row] for row in metadata["class_names"].numpy()] == [names] * 2
 
 
 def _saved_model_cli(*args):
@@ -167,7 +168,7 @@ def test_saved_model_cli_show_lists_the_signatures(setup):
     assert signatures["serving_tensor"] == {("inputs", "images"): ("DT_UINT8", "(-1,-1,-1,3)"),
                                             **detections}
     assert signatures["metadata"] == {("inputs", "unused"): ("DT_INT32", "(-1)"),
-                                      ("outputs", "class_names"): ("DT_STRING", "(3)")}
+                                      ("outputs", "class_names"): ("DT_STRING", "(-1,3)")}
     assert "Method name is: tensorflow/serving/predict" in result.stdout
 
 

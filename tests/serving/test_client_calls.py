@@ -37,7 +37,9 @@ def empty_detections(batch, extra=None):
 class ScriptedPredictions(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict answers from a list of failures (status codes) before succeeding."""
 
-    def __init__(self, failures=(), delay=0.0, response_extra=None):
+    def __init__(self, failures=(), delay=0.0, response_extra=None,
+                 metadata_error='Serving signature key "metadata" not found.'):
+        self.metadata_error = metadata_error
         self.failures = list(failures)
         self.delay = delay
         self.response_extra = response_extra
@@ -46,8 +48,7 @@ class ScriptedPredictions(prediction_service_pb2_grpc.PredictionServiceServicer)
     def Predict(self, request, context):  # noqa: N802 (gRPC method name)
         self.calls.append(request.model_spec.signature_name)
         if request.model_spec.signature_name == "metadata":
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          'Serving signature key "metadata" not found.')
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.metadata_error)
         time.sleep(self.delay)
         if self.failures:
             context.abort(self.failures.pop(0), "scripted failure")
@@ -178,6 +179,16 @@ def test_full_masks_are_used_when_sent(serve_fake):
     (detection,), = client.predict([IMAGE])
     assert detection.class_name is None  # the scripted server has no metadata signature
     np.testing.assert_array_equal(detection.mask, full[0, 0] == 1)
+
+
+def test_class_names_a_batching_server_cannot_give_are_none(serve_fake):
+    # tensorflow_model_server with batching refuses outputs without a batch dimension.
+    servicer = ScriptedPredictions(metadata_error="Batched output tensor's 0th dimension does not "
+                                   "equal the sum of the 0th dimension sizes of the input tensors")
+    client = MaskRCNNClient(serve_fake(servicer), "m")
+    assert client.class_names() is None
+    assert client.predict([IMAGE]) == [[]]
+    assert servicer.calls == ["metadata", "serving_default"]  # names asked once, then cached
 
 
 def test_wait_until_ready_polls_through_not_found_and_loading(serve_fake):

@@ -1,20 +1,24 @@
 """The development server against TF Serving's protocol, on the fake model (conftest.py)."""
 
 import io
+import shutil
 import threading
 
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
+                                     model_service_pb2_grpc, predict_pb2, prediction_log_pb2,
                                      prediction_service_pb2_grpc)
 
-from tests.serving.fake_model import CLASS_NAMES, MODEL_NAME, SLOTS, VERSION, expected_outputs, random_image
+from tests.serving.fake_model import (CLASS_NAMES, MODEL_NAME, SLOTS, VERSION, expected_outputs,
+                                      random_image)
 from mask_rcnn_tf.serving import (InvalidRequestError, MaskRCNNClient, ModelNotFoundError,
                                   SignatureNotFoundError)
-from mask_rcnn_tf.serving.servable import latest_version
+from mask_rcnn_tf.serving.servable import Servable, latest_version
+from mask_rcnn_tf.serving.server import start_server
 from mask_rcnn_tf.serving.tensors import make_ndarray, make_tensor_proto
 
 
@@ -170,7 +174,8 @@ BAD_REQUESTS = {
                     "input 'images' of signature 'serving_tensor' must be uint8 [?, ?, ?, 3], "
                     "got float32 [1, 8, 8, 3]"),
     "wrong rank": (request_for(np.zeros([8, 8, 3], np.uint8), signature="serving_tensor"),
-                   grpc.StatusCode.INVALID_ARGUMENT, "must be uint8 [?, ?, ?, 3], got uint8 [8, 8, 3]"),
+                   grpc.StatusCode.INVALID_ARGUMENT,
+                   "must be uint8 [?, ?, ?, 3], got uint8 [8, 8, 3]"),
     "pixels to the bytes signature": (request_for(np.zeros([1, 8, 8, 3], np.uint8)),
                                       grpc.StatusCode.INVALID_ARGUMENT, "must be string [?]"),
     "unknown model": (request_for(GOOD, name="nope"), grpc.StatusCode.NOT_FOUND,
@@ -259,3 +264,37 @@ def test_latest_version_skips_temporary_and_non_numeric_folders(tmp_path):
         latest_version(tmp_path / "old")
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         latest_version(tmp_path / "missing")
+
+
+def warmup_log(signature, tensor, alias="images"):
+    log = prediction_log_pb2.PredictionLog()
+    log.predict_log.request.CopyFrom(request_for(tensor, signature=signature, name="", alias=alias))
+    return log.SerializeToString()
+
+
+def test_warm_up_replays_the_export_records(fake_model_base, tmp_path):
+    path = tmp_path / "3"
+    shutil.copytree(fake_model_base / str(VERSION), path)
+    servable = Servable(MODEL_NAME, VERSION, str(path))
+    assert servable.warm_up() == 0  # no warm-up file: nothing to do, as in TF Serving
+    (path / "assets.extra").mkdir()
+    records = [warmup_log("serving_default", GOOD),
+               warmup_log("serving_tensor", np.zeros([2, 5, 7, 3], np.uint8)),
+               warmup_log("metadata", np.zeros([1], np.int32), alias="unused")]
+    warmup_file = path / "assets.extra" / "tf_serving_warmup_requests"
+    with tf.io.TFRecordWriter(str(warmup_file)) as writer:
+        for record in records:
+            writer.write(record)
+    assert servable.warm_up() == 3
+    with tf.io.TFRecordWriter(str(warmup_file)) as writer:
+        writer.write(records[0])
+        writer.write(warmup_log("serving_default", np.array([b"junk"], dtype=object)))
+    with pytest.raises(ValueError,
+                       match="warm-up record 2 failed: INVALID_ARGUMENT: Unknown image"):
+        servable.warm_up()
+
+
+def test_a_port_in_use_is_refused(fake_server):
+    target, servable = fake_server
+    with pytest.raises(OSError, match=f"cannot listen on {target}"):
+        start_server(servable, port=int(target.rsplit(":", 1)[1]))

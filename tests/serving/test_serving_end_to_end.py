@@ -2,14 +2,16 @@
 against it, results equal to the SavedModel run in process, parallel clients, bad requests, the
 `mask-rcnn client` command, and a clean SIGTERM shutdown.
 
-The model is configs/shapes.yaml slimmed down (base width 16, 64 px images) with random weights:
-its detections are meaningless but plentiful (class scores near 1/4 pass the 0.05 threshold),
-which is all a protocol test needs.
+The model is configs/shapes.yaml narrowed to 64 px inputs and thin layers, with random weights;
+its class-logit kernel is redrawn wider than the initializer's so that scores spread out and a
+0.5 threshold keeps a varying number of detections per image (no near-ties that float noise
+could reorder). Meaningless detections, but all a protocol test needs.
 """
 
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,10 +51,14 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     shapes = make_shapes(root / "shapes", num_images=len(SIZES), seed=0, image_size=64)
     config = load_config(os.path.join(REPO, "configs", "shapes.yaml"), [
-        f"data.train.annotations={shapes['annotations_path']}", "model.backbone.base_width=16",
-        "data.min_size=64", "data.max_size=64"])
+        f"data.train.annotations={shapes['annotations_path']}", "data.min_size=64",
+        "data.max_size=64", "model.backbone.base_width=8", "model.fpn.num_channels=16",
+        "model.roi_heads.box_fc_dim=16", "model.roi_heads.mask_conv_dim=8",
+        "model.roi_heads.score_threshold=0.5"])
     keras.utils.set_random_seed(0)
     model = build_model(config.model, image_size=config.data.pad_size)
+    kernel = model.box_head.class_logits.kernel
+    kernel.assign(np.random.default_rng(0).normal(0.0, 0.1, kernel.shape).astype(np.float32))
     model.save_weights(str(root / "random.weights.h5"))
     base = root / "base"
     base.mkdir()
@@ -67,10 +73,11 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(exported):
-    """(target, subprocess) of `mask-rcnn serve` on a free port, ready to serve."""
+    """(target, subprocess, log path) of `mask-rcnn serve` on a free port, ready to serve."""
     base, _ = exported
     port = free_port()
-    log = open(os.path.join(base, "..", "server.log"), "w+")
+    log_path = os.path.join(base, "..", "server.log")
+    log = open(log_path, "w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "mask_rcnn_tf.cli", "serve", "--model-base-path", base,
          "--model-name", MODEL_NAME, "--port", str(port), "--grace-seconds", "5"],
@@ -79,7 +86,7 @@ def server(exported):
     try:
         with MaskRCNNClient(target, MODEL_NAME) as client:
             assert client.wait_until_ready(timeout=120) == 1
-        yield target, process
+        yield target, process, log_path
     finally:
         if process.poll() is None:
             process.kill()
@@ -98,16 +105,21 @@ def in_process(base, encoded):
 
 def test_served_detections_equal_the_saved_model_in_process(exported, server):
     base, encoded = exported
-    target, _ = server
+    target, _, _ = server
     expected = in_process(base, encoded)
-    with MaskRCNNClient(target, MODEL_NAME, max_batch_size=4) as client:
+    # One image per request, as in process: batch size can change float rounding in convolutions.
+    with MaskRCNNClient(target, MODEL_NAME, max_batch_size=1) as client:
         outputs = client.predict_outputs(encoded)
         detections = client.predict(encoded)
+    with MaskRCNNClient(target, MODEL_NAME, max_batch_size=4) as client:
+        batched = client.predict_outputs(encoded[:4])  # one request of 4 images
         class_names = client.class_names()
         metadata = client.metadata()
     assert class_names == ["circle", "square", "triangle"]
     assert set(metadata["signatures"]) >= {"serving_default", "serving_tensor", "metadata"}
-    assert sum(len(d) for d in detections) > 0, "random weights should still detect something"
+    counts = [len(d) for d in detections]
+    assert sum(counts) > 0 and len(set(counts)) > 1, counts
+    np.testing.assert_array_equal(batched["num_detections"], outputs["num_detections"][:4])
     for index, (want, found) in enumerate(zip(expected, detections)):
         count = int(want["num_detections"][0])
         assert outputs["num_detections"][index] == count == len(found)
@@ -127,7 +139,7 @@ def test_served_detections_equal_the_saved_model_in_process(exported, server):
 
 def test_eight_clients_ten_requests_each(exported, server):
     _, encoded = exported
-    target, _ = server
+    target, _, _ = server
     client = MaskRCNNClient(target, MODEL_NAME)
     reference = client.predict_outputs(encoded)["num_detections"]
     failures, counts = [], []
@@ -153,10 +165,11 @@ def test_eight_clients_ten_requests_each(exported, server):
 
 def test_bad_requests_then_still_serving(exported, server):
     _, encoded = exported
-    target, _ = server
+    target, _, _ = server
     good = [encoded[0]]
     with MaskRCNNClient(target, MODEL_NAME) as client:
-        with pytest.raises(InvalidRequestError, match="INVALID_ARGUMENT: Unknown image file format"):
+        with pytest.raises(InvalidRequestError,
+                           match="INVALID_ARGUMENT: Unknown image file format"):
             client.predict([b"not an image at all"])
         with pytest.raises(ModelNotFoundError, match=r"Latest\(nope\)"):
             MaskRCNNClient(target, "nope").predict(good)
@@ -186,7 +199,7 @@ def test_bad_requests_then_still_serving(exported, server):
 
 def test_client_command_prints_json_and_draws(exported, server, tmp_path):
     base, encoded = exported
-    target, _ = server
+    target, _, _ = server
     paths = []
     for index in (0, 3):
         path = tmp_path / f"image{index}.png"
@@ -212,7 +225,7 @@ def test_client_command_prints_json_and_draws(exported, server, tmp_path):
 
 
 def test_client_command_reports_a_bad_model_name_in_one_line(server, tmp_path):
-    target, _ = server
+    target, _, _ = server
     path = tmp_path / "x.png"
     path.write_bytes(encode_png(np.zeros((8, 8, 3), np.uint8)))
     result = subprocess.run(
@@ -226,6 +239,11 @@ def test_client_command_reports_a_bad_model_name_in_one_line(server, tmp_path):
 
 def test_sigterm_shuts_down_cleanly(server):
     # Runs last in this module: it stops the shared server.
-    _, process = server
+    _, process, log_path = server
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+    with open(log_path) as log:
+        text = log.read()
+    # The export's warm-up records ran before the port opened, and the shutdown was orderly.
+    assert re.search(r"ran [1-9]\d* warm-up requests", text), text
+    assert "shutting down (grace 5.0 s)" in text

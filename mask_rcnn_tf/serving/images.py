@@ -1,0 +1,68 @@
+"""Images as a request carries them: encoded bytes, or uint8 RGB pixels (NumPy and PIL only)."""
+
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def encode_image(image, index):
+    """Encoded bytes of one request image.
+
+    Args:
+        image: a file path (str or os.PathLike; its bytes are sent as they are), encoded bytes,
+            or a NumPy uint8 [h, w, 3] RGB array (encoded to PNG, lossless).
+        index: int, the image's position in the caller's list, for error messages.
+
+    Returns:
+        bytes.
+
+    Raises:
+        FileNotFoundError, TypeError, ValueError: naming the image by index.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with open(image, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image {index}: {os.fspath(image)}: file not found") from None
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    buffer = io.BytesIO()
+    Image.fromarray(_checked_array(image, index)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_pixels(image, index):
+    """Pixels of one request image.
+
+    Args:
+        image: a file path, encoded bytes (both decoded here with PIL), or a NumPy uint8
+            [h, w, 3] RGB array (returned as it is).
+        index: int, the image's position in the caller's list, for error messages.
+
+    Returns:
+        uint8 [h, w, 3] NumPy array, RGB.
+
+    Raises:
+        FileNotFoundError, TypeError, ValueError: naming the image by index.
+    """
+    if isinstance(image, np.ndarray):
+        return _checked_array(image, index)
+    data = encode_image(image, index)
+    try:
+        with Image.open(io.BytesIO(data)) as decoded:
+            return np.asarray(decoded.convert("RGB"))
+    except Exception as err:  # PIL raises many types for data that is not an image.
+        raise ValueError(f"image {index}: does not decode as an image ({err})") from None
+
+
+def _checked_array(image, index):
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image {index}: expected a path, bytes or a NumPy array, "
+                        f"got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image {index}: arrays must be uint8 [h, w, 3] RGB, "
+                         f"got {image.dtype} {list(image.shape)}")
+    return image
