@@ -39,6 +39,9 @@ class ImageRecord:
         mask_counts: n int32 arrays [R]: uncompressed COCO RLE of each instance mask, run
             lengths over the column-major (Fortran order) flattened [h, w] mask, alternating
             0-runs and 1-runs, starting with a (possibly empty) run of zeros; each sums to h * w.
+        keypoints: float32 [n, Kp, 3] (x, y, v) with x, y in continuous pixels (COCO's
+            pixel-index values + 0.5), v = 0 unlabelled, 1 occluded, 2 visible; Kp = 0 for a
+            dataset without keypoints.
     """
 
     image_id: int
@@ -48,6 +51,7 @@ class ImageRecord:
     boxes: np.ndarray
     classes: np.ndarray
     mask_counts: tuple
+    keypoints: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +64,16 @@ class CocoDataset:
         coco: the pycocotools COCO object over the whole file (crowd annotations included), for
             evaluation.
         annotations_path: the file it was read from.
+        keypoint_names: names of the Kp keypoints of the (first) category that defines
+            `keypoints`, empty when none does; skeleton: its 1-based limb pairs.
     """
 
     categories: list
     records: list
     coco: COCO
     annotations_path: str
+    keypoint_names: tuple = ()
+    skeleton: tuple = ()
 
     @property
     def num_classes(self):
@@ -252,6 +260,7 @@ def load_coco(annotations_path, images_dir, category_ids=None, verify_images=Non
     data = _read_json(path)
     categories, known_categories = _categories(path, data, category_ids)
     class_of = {category_id: i + 1 for i, (category_id, _) in enumerate(categories)}
+    keypoint_names, skeleton = _keypoint_schema(path, data, class_of)
     if verify_images is None:
         verify_images = len(data["images"]) < VERIFY_IMAGES_BELOW
 
@@ -301,15 +310,18 @@ def load_coco(annotations_path, images_dir, category_ids=None, verify_images=Non
         if box[2] - box[0] < 1 or box[3] - box[1] < 1 or not counts[1::2].any():
             skipped["degenerate"] += 1
             continue
-        instances.append((box, class_of[category_id], counts))
+        keypoints = _keypoints(path, where, annotation, len(keypoint_names))
+        instances.append((box, class_of[category_id], counts, keypoints))
 
     records = []
     for image_id, (image_path, height, width, instances) in images.items():
         records.append(ImageRecord(
             image_id=image_id, path=image_path, height=height, width=width,
-            boxes=np.array([b for b, _, _ in instances], np.float32).reshape(-1, 4),
-            classes=np.array([c for _, c, _ in instances], np.int32),
-            mask_counts=tuple(m for _, _, m in instances)))
+            boxes=np.array([b for b, _, _, _ in instances], np.float32).reshape(-1, 4),
+            classes=np.array([c for _, c, _, _ in instances], np.int32),
+            mask_counts=tuple(m for _, _, m, _ in instances),
+            keypoints=np.array([k for _, _, _, k in instances], np.float32).reshape(
+                len(instances), len(keypoint_names), 3)))
     logger.info("%s: %d images, %d instances; skipped %d crowd, %d degenerate (box under "
                 "1 px or empty mask), %d of categories not in category_ids", path, len(records),
                 sum(len(r.classes) for r in records), skipped["crowd"], skipped["degenerate"],
@@ -319,4 +331,38 @@ def load_coco(annotations_path, images_dir, category_ids=None, verify_images=Non
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
         coco.createIndex()
-    return CocoDataset(categories=categories, records=records, coco=coco, annotations_path=path)
+    return CocoDataset(categories=categories, records=records, coco=coco, annotations_path=path,
+                       keypoint_names=keypoint_names, skeleton=skeleton)
+
+
+def _keypoint_schema(path, data, class_of):
+    """Keypoint names and skeleton of the categories in use; all must agree (one schema)."""
+    schemas = {}
+    for category in data["categories"]:
+        if category.get("id") in class_of and category.get("keypoints"):
+            names = category["keypoints"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise _error(path, f"category id {category['id']}: keypoints must be a list of "
+                                   f"names, got {names!r}")
+            schemas[tuple(names)] = tuple(tuple(limb) for limb in category.get("skeleton", []))
+    if len(schemas) > 1:
+        raise _error(path, f"categories define {len(schemas)} different keypoint lists; one "
+                           "model predicts one set of keypoints")
+    return next(iter(schemas.items()), ((), ()))
+
+
+def _keypoints(path, where, annotation, num_keypoints):
+    """float32 [Kp, 3] (x + 0.5, y + 0.5, v) of an annotation; zeros when it has none."""
+    if not num_keypoints:
+        return np.zeros([0, 3], np.float32)
+    values = annotation.get("keypoints")
+    if values is None:
+        return np.zeros([num_keypoints, 3], np.float32)
+    if not isinstance(values, list) or len(values) != 3 * num_keypoints:
+        raise _error(path, f"{where}: keypoints must be {3 * num_keypoints} numbers "
+                           f"(x, y, v for each of {num_keypoints}), got "
+                           f"{len(values) if isinstance(values, list) else values!r}")
+    keypoints = np.array(values, np.float32).reshape(num_keypoints, 3)
+    # COCO puts pixel i's centre at i; the model's continuous frame puts it at i + 0.5.
+    keypoints[:, :2] += np.where(keypoints[:, 2:] > 0, 0.5, 0.0)
+    return keypoints

@@ -17,6 +17,10 @@ P = pad_size:
                                             of its own gt box (values in [0, 1], threshold at 0.5);
                                             padding rows zero
     "num_gt"          int32   [B]           valid rows of the gt_* tensors
+    "gt_keypoints"    float32 [B, M, Kp, 3] only for datasets with keypoints: (x, y, v), x and y
+                                            continuous pixels of the resized (and flipped)
+                                            image, v = 0 unlabelled, 1 occluded, 2 visible;
+                                            padding rows zero
 
 Everything per image runs as TensorFlow ops inside Dataset.map: read and decode the file, decode
 the run-length masks, crop them to their boxes at the original resolution (resizing the image
@@ -28,6 +32,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from mask_rcnn_tf.ops.keypoint_ops import flip_keypoints
 from mask_rcnn_tf.ops.mask_ops import crop_masks
 
 logger = logging.getLogger("mask_rcnn_tf.data")
@@ -46,7 +51,8 @@ def _record_tensors(records, max_instances):
     Returns:
         dict of "path" string [N], "image_id" int64 [N], "size" int32 [N, 2] (h, w), "boxes"
         ragged float32 [N, (n), 4], "classes" ragged int32 [N, (n)], "mask_counts" ragged int32
-        [N, (n), (R)] (uncompressed COCO RLE run lengths per instance).
+        [N, (n), (R)] (uncompressed COCO RLE run lengths per instance) and, for datasets with
+        keypoints, "keypoints" ragged float32 [N, (n), Kp, 3].
     """
     kept = [min(len(r.classes), max_instances) for r in records]
     num_truncated = sum(len(r.classes) > max_instances for r in records)
@@ -57,8 +63,9 @@ def _record_tensors(records, max_instances):
     flat_counts = np.concatenate(counts) if counts else np.zeros([0], np.int32)
     boxes = [r.boxes[:n] for r, n in zip(records, kept)]
     classes = [r.classes[:n] for r, n in zip(records, kept)]
+    keypoints = [r.keypoints[:n] for r, n in zip(records, kept)]
     kept = np.array(kept, np.int64)
-    return {
+    tensors = {
         "path": tf.constant([r.path for r in records]),
         "image_id": tf.constant([r.image_id for r in records], tf.int64),
         "size": tf.constant([[r.height, r.width] for r in records], tf.int32),
@@ -69,6 +76,11 @@ def _record_tensors(records, max_instances):
         "mask_counts": tf.RaggedTensor.from_nested_row_lengths(
             flat_counts.astype(np.int32), [kept, np.array([len(c) for c in counts], np.int64)]),
     }
+    num_keypoints = records[0].keypoints.shape[1]
+    if num_keypoints:
+        tensors["keypoints"] = tf.RaggedTensor.from_row_lengths(
+            np.concatenate(keypoints).astype(np.float32).reshape(-1, num_keypoints, 3), kept)
+    return tensors
 
 
 def decode_rle_masks(counts, height, width):
@@ -145,14 +157,17 @@ def preprocess_image(image, *, min_size, max_size, pad_size, mean=IMAGENET_MEAN,
     return image, resized_size, scale
 
 
-def _flip(image, resized_width, boxes, mask_crops):
-    """Mirrors left-right the resized image inside the padded input [P, P, 3], its boxes [n, 4]
-    yxyx pixels and mask crops [n, S, S]."""
+def _flip(image, resized_width, targets, keypoint_flip_map):
+    """Mirrors left-right the resized image inside the padded input [P, P, 3] and its targets:
+    boxes [n, 4] yxyx pixels, mask crops [n, S, S] and, if present, keypoints [n, Kp, 3]."""
     width = tf.cast(resized_width, tf.float32)
-    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
-    flipped = tf.reverse_sequence(image[None], [resized_width], seq_axis=2, batch_axis=0)[0]
-    return (flipped, tf.stack([y1, width - x2, y2, width - x1], axis=-1),
-            mask_crops[:, :, ::-1])
+    y1, x1, y2, x2 = tf.unstack(targets["boxes"], axis=-1)
+    flipped = dict(targets, boxes=tf.stack([y1, width - x2, y2, width - x1], axis=-1),
+                   mask_crops=targets["mask_crops"][:, :, ::-1])
+    if "keypoints" in targets:
+        flipped["keypoints"] = flip_keypoints(targets["keypoints"], width, keypoint_flip_map)
+    return (tf.reverse_sequence(image[None], [resized_width], seq_axis=2, batch_axis=0)[0],
+            flipped)
 
 
 def _pad_rows(tensor, max_instances, value):
@@ -163,7 +178,7 @@ def _pad_rows(tensor, max_instances, value):
 
 
 def _make_example_fn(*, training, min_size, max_size, pad_size, max_instances, mask_crop_size,
-                     flip_probability, mean, std):
+                     flip_probability, mean, std, keypoint_flip_map):
     def example(record, flip_seed=None):
         image = tf.io.decode_image(tf.io.read_file(record["path"]), channels=3,
                                    expand_animations=False)
@@ -175,17 +190,21 @@ def _make_example_fn(*, training, min_size, max_size, pad_size, max_instances, m
         with tf.control_dependencies([check]):
             masks = decode_rle_masks(record["mask_counts"], record["size"][0], record["size"][1])
         boxes = tf.reshape(record["boxes"], [-1, 4])
-        mask_crops = crop_masks(masks, boxes, mask_crop_size)
+        targets = {"boxes": boxes, "mask_crops": crop_masks(masks, boxes, mask_crop_size)}
 
         image, resized_size, scale = preprocess_image(
             image, min_size=min_size, max_size=max_size, pad_size=pad_size, mean=mean, std=std)
-        boxes = boxes * scale
+        targets["boxes"] = boxes * scale
+        if "keypoints" in record:
+            keypoints = record["keypoints"]
+            targets["keypoints"] = tf.concat([keypoints[..., :2] * scale, keypoints[..., 2:]], -1)
         if training:
             flip = tf.random.stateless_uniform([], seed=tf.stack([flip_seed, 0])) < flip_probability
-            image, boxes, mask_crops = tf.cond(
-                flip, lambda: _flip(image, resized_size[1], boxes, mask_crops),
-                lambda: (image, boxes, mask_crops))
-        return {
+            image, targets = tf.cond(
+                flip, lambda: _flip(image, resized_size[1], targets, keypoint_flip_map),
+                lambda: (image, targets))
+        boxes = targets["boxes"]
+        features = {
             "images": image,
             "image_sizes": tf.cast(resized_size, tf.float32),
             "scales": scale,
@@ -193,9 +212,12 @@ def _make_example_fn(*, training, min_size, max_size, pad_size, max_instances, m
             "image_ids": record["image_id"],
             "gt_boxes": _pad_rows(boxes, max_instances, 0.0),
             "gt_classes": _pad_rows(record["classes"], max_instances, -1),
-            "gt_masks": _pad_rows(mask_crops, max_instances, 0.0),
+            "gt_masks": _pad_rows(targets["mask_crops"], max_instances, 0.0),
             "num_gt": tf.shape(boxes)[0],
         }
+        if "keypoints" in targets:
+            features["gt_keypoints"] = _pad_rows(targets["keypoints"], max_instances, 0.0)
+        return features
 
     return example
 
@@ -222,7 +244,7 @@ def _check_arguments(dataset, batch_size, min_size, max_size, pad_size, max_inst
 
 def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size, max_instances,
                   mask_crop_size, flip_probability=0.5, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                  shuffle_buffer=1024, seed=None, repeat=None):
+                  shuffle_buffer=1024, seed=None, repeat=None, keypoint_flip_map=None):
     """Builds the batched input pipeline over a loaded COCO dataset.
 
     Training: shuffle, repeat, random horizontal flip, batches of exactly batch_size. Evaluation:
@@ -246,12 +268,20 @@ def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size
         shuffle_buffer: shuffle buffer size (capped at the number of images).
         seed: seeds shuffling and flips, making the order reproducible; None: nondeterministic.
         repeat: repeat forever (True) or stop after one pass (False); None: repeat when training.
+        keypoint_flip_map: for datasets with keypoints, the index each keypoint takes under a
+            horizontal flip (left and right swap); required when training with flips.
 
     Returns:
         tf.data.Dataset of feature dicts, keys and shapes as in this module's docstring.
     """
     _check_arguments(dataset, batch_size, min_size, max_size, pad_size, max_instances,
                      mask_crop_size, flip_probability, mean, std, shuffle_buffer)
+    num_keypoints = len(dataset.keypoint_names)
+    if num_keypoints and training and flip_probability > 0 and (
+            keypoint_flip_map is None or len(keypoint_flip_map) != num_keypoints):
+        raise ValueError(f"{dataset.annotations_path}: {num_keypoints} keypoints need a "
+                         f"keypoint flip map of that length to train with flips, got "
+                         f"{keypoint_flip_map!r}")
     records = tf.data.Dataset.from_tensor_slices(_record_tensors(dataset.records, max_instances))
     if training:
         records = records.shuffle(min(shuffle_buffer, len(dataset.records)), seed=seed,
@@ -264,7 +294,7 @@ def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size
         training=training, min_size=float(min_size), max_size=float(max_size),
         pad_size=int(pad_size), max_instances=int(max_instances),
         mask_crop_size=int(mask_crop_size), flip_probability=float(flip_probability),
-        mean=mean, std=std)
+        mean=mean, std=std, keypoint_flip_map=keypoint_flip_map)
     if training:
         # One random value per element drives that element's flip: reproducible under a seed
         # regardless of how map's parallel calls are scheduled.
