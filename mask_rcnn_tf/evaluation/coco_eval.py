@@ -16,13 +16,15 @@ from mask_rcnn_tf.ops.mask_ops import paste_masks_numpy
 _DETECTION_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                     "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
+_KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
 # Names of COCOeval.stats, in pycocotools' order, for each iouType this module can score.
-STAT_NAMES = {"bbox": _DETECTION_STATS, "segm": _DETECTION_STATS}
+STAT_NAMES = {"bbox": _DETECTION_STATS, "segm": _DETECTION_STATS, "keypoints": _KEYPOINT_STATS}
 
 # The result field each iouType scores. Each iouType gets results holding only its own field,
 # because COCO.loadRes takes the detection area from the box whenever a box is present, which
 # would put masks into the wrong small/medium/large range.
-_RESULT_FIELD = {"bbox": "bbox", "segm": "segmentation"}
+_RESULT_FIELD = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}
 
 _REQUIRED_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes",
                      "num_detections", "image_ids", "scales", "original_sizes")
@@ -34,8 +36,9 @@ def _checked_outputs(outputs):
     if missing:
         raise ValueError(f"detection outputs lack {missing}; they hold {sorted(outputs)}")
     arrays = {key: np.asarray(outputs[key]) for key in _REQUIRED_OUTPUTS}
-    if "detection_masks" in outputs:
-        arrays["detection_masks"] = np.asarray(outputs["detection_masks"])
+    for key in ("detection_masks", "detection_keypoints"):
+        if key in outputs:
+            arrays[key] = np.asarray(outputs[key])
     boxes = arrays["detection_boxes"]
     if boxes.ndim != 3 or boxes.shape[2] != 4:
         raise ValueError(f"detection_boxes must be [B, N, 4], got shape {boxes.shape}")
@@ -81,6 +84,8 @@ def detections_to_coco(outputs, category_ids, mask_threshold=0.5):
                 0 or -1).
             "detection_masks" (optional; without it results have no "segmentation"):
                 float32 [B, N, M, M], mask probabilities inside each box.
+            "detection_keypoints" (optional): float32 [B, N, Kp, 3] (x, y, score), x and y
+                continuous pixels of the resized input image.
             "num_detections": int32 [B], how many leading rows of each image are real.
             "image_ids": int64 [B], COCO image ids.
             "scales": float32 [B], resized size = original size * scale.
@@ -90,12 +95,15 @@ def detections_to_coco(outputs, category_ids, mask_threshold=0.5):
 
     Returns:
         list of dicts with "image_id", "category_id", "score", "bbox" ([x, y, w, h], original
-        pixels, clipped to the image) and, when masks are given, "segmentation" (RLE, str counts,
-        of the mask pasted into the original image with the unclipped box).
+        pixels, clipped to the image), when masks are given "segmentation" (RLE, str counts,
+        of the mask pasted into the original image with the unclipped box), and when keypoints
+        are given "keypoints" ([x, y, score] per keypoint in COCO's pixel-index frame: the
+        continuous coordinate minus 0.5).
     """
     arrays = _checked_outputs(outputs)
     category_ids = [int(c) for c in category_ids]
     masks = arrays.get("detection_masks")
+    keypoints = arrays.get("detection_keypoints")
     results = []
     for b in range(arrays["detection_boxes"].shape[0]):
         count = int(arrays["num_detections"][b])
@@ -116,6 +124,10 @@ def detections_to_coco(outputs, category_ids, mask_threshold=0.5):
                 pasted = paste_masks_numpy(masks[b, i], boxes[i].astype(np.float32),
                                            (height, width))
                 result["segmentation"] = _encode_rle(pasted >= mask_threshold)
+            if keypoints is not None:
+                points = keypoints[b, i].astype(np.float64)
+                points[:, :2] = points[:, :2] / float(arrays["scales"][b]) - 0.5
+                result["keypoints"] = [round(float(v), 3) for v in points.reshape(-1)]
             results.append(result)
     return results
 
@@ -129,13 +141,15 @@ class CocoEvaluator:
     Args:
         coco_gt: pycocotools.coco.COCO, the ground truth.
         category_ids: sequence of K COCO category ids; class c maps to category_ids[c - 1].
-        iou_types: iterable of keys of STAT_NAMES ("bbox", "segm").
+        iou_types: iterable of keys of STAT_NAMES ("bbox", "segm", "keypoints").
         mask_threshold: float, passed to `detections_to_coco`.
         verbose: bool, print pycocotools' progress and summary tables.
+        keypoint_sigmas: per-keypoint OKS sigmas for "keypoints" (pycocotools' default is
+            COCO's 17 person keypoints; any other dataset must give its own).
     """
 
     def __init__(self, coco_gt, category_ids, iou_types=("bbox", "segm"), mask_threshold=0.5,
-                 verbose=True):
+                 verbose=True, keypoint_sigmas=None):
         self._iou_types = tuple(iou_types)
         unknown = [t for t in self._iou_types if t not in STAT_NAMES]
         if unknown or not self._iou_types:
@@ -149,13 +163,18 @@ class CocoEvaluator:
         self._gt_image_ids = set(coco_gt.getImgIds())
         self._mask_threshold = mask_threshold
         self._verbose = verbose
+        self._keypoint_sigmas = keypoint_sigmas
+        if "keypoints" in self._iou_types and keypoint_sigmas is None:
+            raise ValueError("iou_types include 'keypoints': give keypoint_sigmas (OKS sigmas, "
+                             "one per keypoint)")
         self._image_ids = set()
         self._results = []
 
     def update(self, outputs):
         """Adds one batch of model outputs (see `detections_to_coco` for the keys and shapes)."""
-        if "segm" in self._iou_types and "detection_masks" not in outputs:
-            raise ValueError("iou_types include 'segm' but the outputs have no detection_masks")
+        for iou_type, key in (("segm", "detection_masks"), ("keypoints", "detection_keypoints")):
+            if iou_type in self._iou_types and key not in outputs:
+                raise ValueError(f"iou_types include '{iou_type}' but the outputs have no {key}")
         image_ids = [int(i) for i in np.asarray(outputs.get("image_ids", [])).reshape(-1)]
         unknown = sorted(set(image_ids) - self._gt_image_ids)
         if unknown:
@@ -198,6 +217,8 @@ class CocoEvaluator:
             print(f"IoU metric: {iou_type}")
             coco_eval = COCOeval(self._coco_gt, self._coco_gt.loadRes(detections), iouType=iou_type)
             coco_eval.params.imgIds = sorted(self._image_ids)
+            if iou_type == "keypoints":
+                coco_eval.params.kpt_oks_sigmas = np.asarray(self._keypoint_sigmas, np.float64)
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
