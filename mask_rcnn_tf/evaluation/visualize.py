@@ -1,7 +1,7 @@
 """Draws detections on an image: translucent masks, box outlines, "name score" labels.
 
-Layers are drawn in order masks, boxes, labels, so labels stay readable on top (keypoint
-skeletons, when added, go between boxes and labels).
+Layers are drawn in order masks, boxes, keypoint skeletons, labels, so labels stay readable on
+top.
 """
 
 import colorsys
@@ -44,7 +44,22 @@ def _text_color(background):
     return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
 
 
-def draw_detections(image, boxes, classes, scores, masks, class_names, score_threshold=0.5):
+def _draw_skeletons(draw, keypoints, colors, skeleton, line_width):
+    """Limbs in the detection's colour, joints as white-rimmed dots."""
+    radius = line_width + 1
+    for points, color in zip(keypoints, colors):
+        for a, b in skeleton:
+            (xa, ya, va), (xb, yb, vb) = points[a - 1], points[b - 1]
+            if va > 0 and vb > 0:
+                draw.line([(xa, ya), (xb, yb)], fill=color, width=line_width + 1)
+        for x, y, v in points:
+            if v > 0:
+                draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color,
+                             outline=(255, 255, 255))
+
+
+def draw_detections(image, boxes, classes, scores, masks, class_names, score_threshold=0.5,
+                    keypoints=None, skeleton=()):
     """Returns a copy of `image` with the detections scoring at least `score_threshold` drawn.
 
     Line width and font size grow with the image, so drawings stay readable from 128x128 to
@@ -58,6 +73,9 @@ def draw_detections(image, boxes, classes, scores, masks, class_names, score_thr
         masks: bool or float [N, H, W] masks in this image (floats are cut at 0.5), or None.
         class_names: dict {class id: name}, or a list indexed by class id (index 0 is background).
         score_threshold: float, lower-scoring detections are not drawn.
+        keypoints: float [N, Kp, 3] (x, y, v) in COCO's pixel-index frame (the point drawn at
+            (x, y) is the keypoint), or None; points with v <= 0 are not drawn.
+        skeleton: 1-based (a, b) keypoint pairs joined by a line.
 
     Returns:
         uint8 [H, W, 3].
@@ -93,6 +111,9 @@ def draw_detections(image, boxes, classes, scores, masks, class_names, score_thr
         # covered by the box is x2 - 1.
         draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=color,
                        width=line_width)
+    if keypoints is not None:
+        _draw_skeletons(draw, np.asarray(keypoints, np.float32)[keep], colors, skeleton,
+                        line_width)
     for i, color in zip(keep, colors):
         y1, x1 = boxes[i][:2]
         label = f"{_class_name(class_names, classes[i])} {scores[i]:.2f}"

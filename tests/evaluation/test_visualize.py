@@ -111,3 +111,12 @@ def test_no_detections_and_bad_inputs():
     with pytest.raises(ValueError, match="masks"):
         visualize.draw_detections(image, [[0, 0, 10, 10]], [1], [0.9], np.zeros((1, 64, 64)),
                                   NAMES)
+
+
+def test_skeleton_is_drawn_between_visible_keypoints_only():
+    image = np.zeros((64, 64, 3), np.uint8)
+    keypoints = np.array([[[10, 10, 2], [50, 10, 2], [30, 50, 0]]], np.float32)
+    drawn = visualize.draw_detections(image, [[5, 5, 60, 60]], [1], [0.9], None, {1: "figure"},
+                            keypoints=keypoints, skeleton=[(1, 2), (2, 3)])
+    assert drawn[10, 30].any()  # on the limb joining the two visible keypoints
+    assert not drawn[30, 40].any()  # where the limb to the unlabelled keypoint would run
