@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+from mask_rcnn_tf.config import STRATEGY_NAMES
+
 
 def _add_config_args(parser, weights=False):
     parser.add_argument("--config", required=True, help="experiment YAML under configs/")
@@ -37,6 +39,10 @@ def _parser():
 
     train = commands.add_parser("train", help="train with model.fit (resumes in --model-dir)")
     _add_config_args(train)
+    train.add_argument("--strategy", choices=STRATEGY_NAMES,
+                       help="tf.distribute strategy, overrides train.strategy (default auto: "
+                            "multi_worker if TF_CONFIG names a cluster, mirrored over several "
+                            "local GPUs, else one_device); see docs/distributed.md")
 
     evaluate = commands.add_parser("evaluate", help="COCO bbox and segm AP on data.val")
     _add_config_args(evaluate, weights=True)
@@ -61,7 +67,8 @@ def _parser():
         "serve", help="development gRPC server with TF Serving's API (production: "
                       "tensorflow_model_server, see serving/README.md)")
     serve.add_argument("--model-base-path", required=True,
-                       help="folder of SavedModel version folders 1/, 2/, ... (the latest is served)")
+                       help="folder of SavedModel version folders 1/, 2/, ...; the latest is "
+                            "served")
     serve.add_argument("--model-name", required=True)
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (0: pick a free one)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
@@ -83,6 +90,19 @@ def _parser():
     client.add_argument("--min-score", type=float, default=0.5)
     client.add_argument("--draw", metavar="OUT_DIR", help="also draw each image's detections "
                                                           "to OUT_DIR/<image stem>.png")
+
+    convert = commands.add_parser(
+        "convert-torchvision", help="convert a torchvision Mask R-CNN .pth into .weights.h5 "
+                                    "(needs torch)")
+    convert.add_argument("--checkpoint", required=True, help="torchvision state dict (.pth)")
+    convert.add_argument("--output", required=True, help="FILE.weights.h5 to write")
+    convert.add_argument("--config", default="configs/maskrcnn_r50_fpn_torchvision.yaml",
+                         help="model config matching the checkpoint (default: %(default)s)")
+    convert.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                         dest="overrides", help="override config keys, e.g. model.num_classes=81")
+    convert.add_argument("--coco-contiguous", action="store_true",
+                         help="keep background + the 80 COCO categories of the 91 outputs, "
+                              "numbered 1..80 by category id (needs model.num_classes=81)")
     return parser
 
 
@@ -111,6 +131,8 @@ def run(args):
     elif args.command == "train":
         from mask_rcnn_tf.training.train import train
 
+        if args.strategy:
+            args.overrides.append(f"train.strategy={args.strategy}")
         train(_config(args), args.model_dir)
     elif args.command == "evaluate":
         from mask_rcnn_tf.data.inputs import load_split
@@ -147,6 +169,11 @@ def run(args):
               max_workers=args.max_workers, grace_seconds=args.grace_seconds)
     elif args.command == "client":
         _client(args)
+    elif args.command == "convert-torchvision":
+        from mask_rcnn_tf.convert import convert_torchvision_checkpoint
+
+        print(json.dumps(convert_torchvision_checkpoint(
+            _config(args), args.checkpoint, args.output, coco_contiguous=args.coco_contiguous)))
 
 
 def _client(args):
@@ -213,6 +240,9 @@ def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # TensorFlow's own INFO lines (collective ops of multi-worker runs, asset writing) drown
+    # the project's progress lines.
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     args = _parser().parse_args(argv)
     if args.command != "make-shapes":
         _import_tensorflow_quietly()

@@ -32,6 +32,10 @@ class ConfigError(ValueError):
     """A configuration file or override is wrong; the message names the key and the value."""
 
 
+# tf.distribute strategies of `train.strategy` (see training/strategy.py).
+STRATEGY_NAMES = ("auto", "one_device", "mirrored", "multi_worker")
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     depth: int = 50
@@ -136,7 +140,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # Images per replica; the global batch is batch_size x replicas (GPUs, or hosts x GPUs).
     batch_size: int = 16
+    strategy: str = "auto"  # auto | one_device | mirrored | multi_worker
+    # With scale_lr, learning_rate is the rate for reference_batch_size images per step (null:
+    # for batch_size, i.e. one replica). The run multiplies it by k = global batch / reference
+    # and divides warmup_steps by k (the warm-up then spans the same number of images); steps
+    # and milestones are optimizer steps and are never rescaled.
+    reference_batch_size: int | None = None
+    scale_lr: bool = True
     steps: int = 90000
     steps_per_epoch: int = 1000
     optimizer: str = "sgd"  # sgd | adamw
@@ -325,6 +337,8 @@ def validate(config: Config) -> None:
         (t.optimizer in ("sgd", "adamw"), f"train.optimizer must be sgd or adamw, got {t.optimizer!r}"),
         (t.schedule in ("step", "cosine"), f"train.schedule must be step or cosine, got {t.schedule!r}"),
         (t.mixed_precision in ("float32", "mixed_bfloat16", "mixed_float16"), f"train.mixed_precision must be float32, mixed_bfloat16 or mixed_float16, got {t.mixed_precision!r}"),
+        (t.strategy in STRATEGY_NAMES, f"train.strategy must be one of {', '.join(STRATEGY_NAMES)}, got {t.strategy!r}"),
+        (t.reference_batch_size is None or t.reference_batch_size >= 1, f"train.reference_batch_size must be positive or null, got {t.reference_batch_size}"),
         (t.batch_size >= 1 and t.steps >= 1 and t.steps_per_epoch >= 1, "train.batch_size, train.steps and train.steps_per_epoch must be positive"),
         (t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}"),
         (t.schedule != "cosine" or t.steps > t.warmup_steps, f"train.steps ({t.steps}) must exceed train.warmup_steps ({t.warmup_steps}) for the cosine schedule"),

@@ -1,5 +1,7 @@
 """Config-facing entry to the input pipeline: a DataConfig split -> (CocoDataset, tf.data.Dataset)."""
 
+import dataclasses
+
 from mask_rcnn_tf.config import ConfigError, DataConfig
 from mask_rcnn_tf.data.coco import CocoDataset, load_coco, read_categories
 from mask_rcnn_tf.data.pipeline import build_dataset
@@ -22,6 +24,42 @@ def make_dataset(config: DataConfig, dataset: CocoDataset, *, training: bool, ba
         max_size=config.max_size, pad_size=config.pad_size, max_instances=config.max_instances,
         mask_crop_size=config.mask_crop_size, flip_probability=config.flip_probability,
         mean=config.mean, std=config.std, shuffle_buffer=config.shuffle_buffer, seed=seed)
+
+
+def make_training_input(config: DataConfig, dataset: CocoDataset, strategy, *, batch_size: int,
+                        seed: int | None = None):
+    """The training input of a tf.distribute run: batches of `batch_size` images per replica.
+
+    Each input pipeline (one per worker) reads its own shard of the images, `records[i::n]`,
+    shuffled with `seed + i`; the strategy hands consecutive batches of a pipeline to that
+    worker's replicas. So no image appears twice in a global step, and with one worker
+    (one_device, mirrored) the replicas see exactly the image order of a one-device run, split
+    into per-replica batches. Under the default strategy this is `make_dataset` itself.
+
+    Args:
+        config: the data section.
+        dataset: the loaded training split.
+        strategy: tf.distribute.Strategy whose scope the model lives in.
+        batch_size: images per replica.
+        seed: seeds shuffling and flips; None: nondeterministic.
+
+    Returns:
+        tf.data.Dataset (default strategy) or tf.distribute.DistributedDataset yielding
+        per-replica feature dicts as `data.pipeline` describes them, with B = batch_size.
+
+    Raises:
+        ConfigError: fewer images than input pipelines.
+    """
+    def pipeline(context):
+        shard, num_shards = context.input_pipeline_id, context.num_input_pipelines
+        if len(dataset.records) < num_shards:
+            raise ConfigError(f"{dataset.annotations_path}: {len(dataset.records)} images cannot "
+                              f"feed {num_shards} workers")
+        records = dataset.records[shard::num_shards]
+        return make_dataset(config, dataclasses.replace(dataset, records=records), training=True,
+                            batch_size=batch_size, seed=None if seed is None else seed + shard)
+
+    return strategy.distribute_datasets_from_function(pipeline)
 
 
 def load_categories(config: DataConfig) -> list[tuple[int, str]]:

@@ -97,7 +97,11 @@ class MaskRCNN(keras.Model):
                                       **self.roi_sampling)
         class_logits, box_deltas = self.box_head(
             self.box_roi_align(features, sampled["rois"]), training=training)
-        fg = slice(0, self.max_foreground)
+        # Foreground RoIs come first in each image, so the mask branch needs only as many rows
+        # as the image with the most of them, not all max_foreground slots (torchvision runs
+        # it on the positives alone): with few objects per image most slots are background.
+        num_fg = tf.reduce_max(tf.reduce_sum(tf.cast(sampled["is_foreground"], tf.int32), 1))
+        fg = slice(0, tf.clip_by_value(num_fg, 1, self.max_foreground))
         fg_rois = sampled["rois"][:, fg]
         mask_logits = self.mask_head(self.mask_roi_align(features, fg_rois), training=training)
         mask_targets = mask_ops.mask_targets(
@@ -158,16 +162,123 @@ class MaskRCNN(keras.Model):
         return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
 
     def train_step(self, data):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            loss_values = self.compute_losses(self(data, training=True))
+            outputs = self(data, training=True)
+            loss_values = self.compute_losses(outputs)
+            if replicas > 1:
+                loss_values = _global_batch_losses(loss_values, outputs)
             total = tf.add_n(list(loss_values.values()))
-            # Gradients are summed over replicas, so each replica contributes its share.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = self.optimizer.scale_loss(total / replicas)
-        grads = tape.gradient(scaled, self.trainable_variables)
+            scaled = self.optimizer.scale_loss(total)
+        grads = self._sum_and_clip_gradients(tape.gradient(scaled, self.trainable_variables))
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        return self._report(loss_values, total)
+        if replicas > 1:
+            # Keras averages the replicas' logs: scaling each replica's share by the number
+            # of replicas turns that average into the global-batch loss.
+            loss_values = {name: value * replicas for name, value in loss_values.items()}
+            total = total * replicas
+        return self._distributed_logs(self._report(loss_values, total))
 
     def test_step(self, data):
         loss_values = self.compute_losses(self.forward(data, training=False, with_targets=True))
-        return self._report(loss_values, tf.add_n(list(loss_values.values())))
+        return self._distributed_logs(
+            self._report(loss_values, tf.add_n(list(loss_values.values()))))
+
+    # Keras 3.15 with tf.distribute: three workarounds, kept together here. Each is checked
+    # by tests/training/test_distribute_keras.py, which fails once Keras changes the
+    # behaviour it works around, so that the workaround can go.
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skips Keras' first-batch fetch when the model is already built.
+
+        Keras' fit and evaluate take the first batch and reduce it over the replicas with
+        `strategy.reduce`, only to build the model; MultiWorkerMirroredStrategy rejects that
+        reduction of a nested, partly integer batch. The factory builds the model before
+        training, so no batch is needed: Keras then only builds the optimizer.
+        """
+        if iterator is not None and self.built and all(
+                layer.built for layer in self._flatten_layers()):
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _distributed_logs(self, logs):
+        """Gives the step's logs the shape Keras can reduce across workers.
+
+        Across workers Keras reduces every step output with `strategy.reduce(MEAN, axis=0)`,
+        which fails on scalars; [1] tensors reduce to the same mean over replicas.
+        """
+        strategy = tf.distribute.get_strategy()
+        if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                and strategy.extended._in_multi_worker_mode()):
+            return logs
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+    def _sum_and_clip_gradients(self, grads):
+        """Sums the gradients over replicas first when the optimizer clips or scales the loss.
+
+        Keras clips each replica's gradient before the all-reduce, not their sum, and its
+        LossScaleOptimizer decides on the first replica's gradient alone whether a step is
+        finite. Clipping (by global norm) and the finiteness check must see the global-batch
+        gradient, so it is all-reduced here and clipped; each replica then hands the optimizer
+        1/replicas of it, whose own all-reduce adds them back up and whose clip no longer
+        changes it. Without clipping or loss scaling the optimizer's all-reduce is enough.
+
+        Args:
+          grads: list of (possibly scaled) gradients of this replica, None for variables
+            without one.
+
+        Returns:
+          list of gradients to pass to optimizer.apply_gradients.
+        """
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        scales_loss = optimizer is not self.optimizer
+        if replicas == 1 or not (optimizer.global_clipnorm or scales_loss):
+            return grads
+        if optimizer.clipnorm or optimizer.clipvalue:
+            raise ValueError("with several replicas only global_clipnorm is supported: Keras "
+                             "would apply clipnorm or clipvalue to each replica's gradient")
+        present = [i for i, grad in enumerate(grads) if grad is not None]
+        summed = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
+        if optimizer.global_clipnorm:
+            # The gradient is scaled by the loss scale; so is the norm it may reach.
+            limit = optimizer.global_clipnorm * self.optimizer.scale_loss(1.0)
+            summed, _ = tf.clip_by_global_norm(summed, limit)
+        result = list(grads)
+        for i, grad in zip(present, summed):
+            result[i] = grad / replicas
+        return result
+
+
+# The tensor each loss of `losses` is normalized by: its value is a sum over the local batch
+# divided by max(1, number of True entries of this mask).
+LOSS_NORMALIZERS = {
+    "rpn_objectness_loss": "rpn_valid",
+    "rpn_box_loss": "rpn_valid",
+    "box_class_loss": "roi_valid",
+    "box_loss": "roi_valid",
+    "mask_loss": "mask_is_foreground",
+}
+
+
+def _global_batch_losses(loss_values, outputs):
+    """This replica's share of each loss of the global batch, as if one device held it all.
+
+    Each loss is normalized by a count over the local batch (sampled anchors or RoIs,
+    foreground RoIs), and those counts differ between replicas. Re-normalizing the local sum
+    by the count summed over all replicas makes the replicas' shares add up to exactly the
+    loss of the global batch, so the summed gradient is the one-device gradient.
+
+    Args:
+      loss_values: dict of scalar float32 losses (LOSS_NAMES) of this replica.
+      outputs: the training outputs they were computed from.
+
+    Returns:
+      dict of scalar float32, the same keys: loss * local count / global count.
+    """
+    counts = tf.stack([tf.reduce_sum(tf.cast(outputs[LOSS_NORMALIZERS[name]], tf.float32))
+                       for name in LOSS_NAMES])
+    totals = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, counts)
+    weights = tf.maximum(counts, 1.0) / tf.maximum(totals, 1.0)
+    return {name: loss_values[name] * weights[i] for i, name in enumerate(LOSS_NAMES)}

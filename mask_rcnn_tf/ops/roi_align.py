@@ -100,10 +100,9 @@ def _roi_align_level(features, boxes, box_indices, scale, output_size, sampling_
     padded = tf.pad(features, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
     crops = tf.image.crop_and_resize(
         padded, grid_boxes, box_indices, [samples, samples], extrapolation_value=0.0)
-    channels = tf.shape(crops)[-1]
-    crops = tf.reshape(
-        crops, [-1, output_size, sampling_ratio, output_size, sampling_ratio, channels])
-    return tf.reduce_mean(crops, axis=[2, 4])
+    # The bin average as a pooling op: a mean over axes 2 and 4 of a 6-D reshape runs as a
+    # strided reduction, several times slower forwards and backwards on CPU.
+    return tf.nn.avg_pool2d(crops, sampling_ratio, sampling_ratio, "VALID")
 
 
 def roi_align(features, boxes, levels, strides, output_size, sampling_ratio=2, aligned=True):
