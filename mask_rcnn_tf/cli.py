@@ -37,6 +37,14 @@ def _parser():
     shapes.add_argument("--image-size", type=int, default=128)
     shapes.add_argument("--overwrite", action="store_true")
 
+    figures = commands.add_parser("make-figures", help="write the synthetic stick-figure "
+                                                       "keypoint dataset")
+    figures.add_argument("--output", required=True)
+    figures.add_argument("--num-images", type=int, required=True)
+    figures.add_argument("--seed", type=int, required=True)
+    figures.add_argument("--image-size", type=int, default=128)
+    figures.add_argument("--overwrite", action="store_true")
+
     train = commands.add_parser("train", help="train with model.fit (resumes in --model-dir)")
     _add_config_args(train)
     train.add_argument("--strategy", choices=STRATEGY_NAMES,
@@ -128,6 +136,12 @@ def run(args):
         summary = make_shapes(args.output, args.num_images, args.seed,
                               image_size=args.image_size, overwrite=args.overwrite)
         print(json.dumps(summary))
+    elif args.command == "make-figures":
+        from mask_rcnn_tf.data.figures import make_figures
+
+        summary = make_figures(args.output, args.num_images, args.seed,
+                               image_size=args.image_size, overwrite=args.overwrite)
+        print(json.dumps(summary))
     elif args.command == "train":
         from mask_rcnn_tf.training.train import train
 
@@ -143,7 +157,8 @@ def run(args):
         dataset = load_split(config.data, "val")
         metrics = evaluate_model(_load_model(args, config), config.data, dataset,
                                  batch_size=config.eval.batch_size,
-                                 mask_threshold=config.eval.mask_threshold)
+                                 mask_threshold=config.eval.mask_threshold,
+                                 keypoint_sigmas=config.eval.keypoint_oks_sigmas)
         print(json.dumps(metrics, indent=2))
         if args.output:
             atomic_write_json(args.output, metrics)
@@ -244,7 +259,7 @@ def main(argv=None):
     # the project's progress lines.
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     args = _parser().parse_args(argv)
-    if args.command != "make-shapes":
+    if args.command not in ("make-shapes", "make-figures"):
         _import_tensorflow_quietly()
     from mask_rcnn_tf.errors import USER_ERRORS
 

@@ -104,6 +104,14 @@ class RoIHeadsConfig:
 
 
 @dataclass(frozen=True)
+class KeypointConfig:
+    num_keypoints: int = 0  # 0: no keypoint branch
+    roi_size: int = 14
+    conv_dim: int = 512
+    num_convs: int = 8
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     num_classes: int = 81  # including background (class 0)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -111,6 +119,7 @@ class ModelConfig:
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,8 @@ class DataConfig:
     mean: tuple[float, ...] = (123.675, 116.28, 103.53)  # RGB, 0-255 scale
     std: tuple[float, ...] = (58.395, 57.12, 57.375)
     shuffle_buffer: int = 1024
+    # For keypoint datasets: the index each keypoint takes under a horizontal flip.
+    keypoint_flip_map: tuple[int, ...] = ()
 
     @property
     def pad_size(self) -> int:
@@ -172,6 +183,7 @@ class EvalConfig:
     batch_size: int = 1
     mask_threshold: float = 0.5
     score_threshold_draw: float = 0.5
+    keypoint_oks_sigmas: tuple[float, ...] = ()  # per-keypoint OKS sigmas for keypoint AP
 
 
 @dataclass(frozen=True)
@@ -331,6 +343,8 @@ def validate(config: Config) -> None:
         (m.rpn.bg_iou_threshold <= m.rpn.fg_iou_threshold, "model.rpn.bg_iou_threshold must not exceed fg_iou_threshold"),
         (m.rpn.pre_nms_top_n_test >= 1 and m.rpn.post_nms_top_n_test >= 1, "model.rpn top-n values must be positive"),
         (m.roi_heads.sampling_ratio >= 1, "model.roi_heads.sampling_ratio must be >= 1"),
+        (m.keypoints.num_keypoints == 0 or (len(d.keypoint_flip_map) == len(config.eval.keypoint_oks_sigmas) == m.keypoints.num_keypoints), f"data.keypoint_flip_map and eval.keypoint_oks_sigmas need one entry per keypoint ({m.keypoints.num_keypoints}), got {len(d.keypoint_flip_map)} and {len(config.eval.keypoint_oks_sigmas)}"),
+        (sorted(d.keypoint_flip_map) == list(range(len(d.keypoint_flip_map))), f"data.keypoint_flip_map must be a permutation of 0..K-1, got {list(d.keypoint_flip_map)}"),
         (len(d.mean) == 3 and len(d.std) == 3, "data.mean and data.std need 3 values (RGB)"),
         (0 < d.min_size <= d.max_size, f"data.min_size ({d.min_size}) must be positive and <= data.max_size ({d.max_size})"),
         (0.0 <= d.flip_probability <= 1.0, f"data.flip_probability must be in [0, 1], got {d.flip_probability}"),

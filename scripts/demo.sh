@@ -8,7 +8,6 @@ cd "$(dirname "$0")/.."
 export KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=2
 
 python3 -m venv .venv
-.venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -e .
 run=runs/demo
 mkdir -p "$run"

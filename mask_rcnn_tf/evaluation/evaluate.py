@@ -24,11 +24,15 @@ def predict_dataset(model, data_config: DataConfig, dataset: CocoDataset, batch_
 
 
 def evaluate_model(model, data_config: DataConfig, dataset: CocoDataset, *, batch_size: int,
-                   mask_threshold: float = 0.5, verbose: bool = True) -> dict:
-    """COCO bbox and segm metrics of `model` on `dataset`: {"bbox": {...}, "segm": {...}}."""
+                   mask_threshold: float = 0.5, verbose: bool = True,
+                   keypoint_sigmas=None) -> dict:
+    """COCO metrics of `model` on `dataset`: {"bbox": {...}, "segm": {...}} plus "keypoints"
+    when the model has a keypoint branch (scored with `keypoint_sigmas`)."""
     category_ids = [category_id for category_id, _ in dataset.categories]
-    evaluator = CocoEvaluator(dataset.coco, category_ids, mask_threshold=mask_threshold,
-                              verbose=verbose)
+    iou_types = ("bbox", "segm") + (("keypoints",) if model.keypoint_head is not None else ())
+    evaluator = CocoEvaluator(dataset.coco, category_ids, iou_types=iou_types,
+                              mask_threshold=mask_threshold, verbose=verbose,
+                              keypoint_sigmas=keypoint_sigmas)
     for outputs in predict_dataset(model, data_config, dataset, batch_size):
         evaluator.update(outputs)
     return evaluator.evaluate()

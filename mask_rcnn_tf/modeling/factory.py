@@ -7,6 +7,7 @@ from mask_rcnn_tf.config import ModelConfig
 from mask_rcnn_tf.layers.box_head import BoxHead
 from mask_rcnn_tf.layers.detections import DetectionGenerator
 from mask_rcnn_tf.layers.fpn import FPN
+from mask_rcnn_tf.layers.keypoint_head import KeypointHead
 from mask_rcnn_tf.layers.mask_head import MaskHead
 from mask_rcnn_tf.layers.norm import FrozenBatchNormalization
 from mask_rcnn_tf.layers.multilevel_roi_align import MultiLevelRoIAlign
@@ -18,7 +19,7 @@ from mask_rcnn_tf.modeling.mask_rcnn import MaskRCNN
 
 def build_model(config: ModelConfig, image_size: int | None = None) -> MaskRCNN:
     """Creates a MaskRCNN; with `image_size`, also builds its weights on a dummy input."""
-    b, r, h = config.backbone, config.rpn, config.roi_heads
+    b, r, h, k = config.backbone, config.rpn, config.roi_heads, config.keypoints
     roi_align_args = dict(sampling_ratio=h.sampling_ratio, aligned=h.aligned,
                           canonical_size=h.canonical_size, canonical_level=h.canonical_level)
     model = MaskRCNN(
@@ -40,6 +41,10 @@ def build_model(config: ModelConfig, image_size: int | None = None) -> MaskRCNN:
         box_head=BoxHead(config.num_classes, h.box_fc_dim, name="box_head"),
         mask_head=MaskHead(config.num_classes, h.mask_conv_dim, h.mask_num_convs,
                            name="mask_head"),
+        keypoint_roi_align=(MultiLevelRoIAlign(k.roi_size, name="keypoint_roi_align",
+                                               **roi_align_args) if k.num_keypoints else None),
+        keypoint_head=(KeypointHead(k.num_keypoints, k.conv_dim, k.num_convs,
+                                    name="keypoint_head") if k.num_keypoints else None),
         detection_generator=DetectionGenerator(
             h.score_threshold, h.nms_threshold, h.detections_per_image, h.box_weights,
             h.min_box_size, name="detections"),

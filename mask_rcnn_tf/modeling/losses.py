@@ -1,4 +1,4 @@
-"""The five Mask R-CNN losses, computed from the model's training outputs.
+"""The Mask R-CNN losses (five, six with the keypoint branch), from the model's training outputs.
 
 Shapes: B images, S sampled anchors or RoIs per image, K classes including background,
 F foreground slots for the mask branch, P mask size.
@@ -7,6 +7,8 @@ an image without objects gives a zero loss instead of a division by zero.
 """
 
 import tensorflow as tf
+
+from mask_rcnn_tf.ops.keypoint_ops import flatten_heatmaps
 
 
 def smooth_l1(diff, beta):
@@ -69,3 +71,19 @@ def mask_loss(mask_logits, classes, targets, is_foreground):
     loss = tf.reduce_mean(
         tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits), axis=[2, 3])
     return tf.reduce_sum(tf.where(is_foreground, loss, 0.0)) / _count(is_foreground)
+
+
+def keypoint_loss(heatmap_logits, target_index, valid):
+    """Softmax cross-entropy over the S * S positions of each valid keypoint, averaged over them.
+
+    As torchvision: every valid (RoI, keypoint) pair of the batch counts once.
+
+    Args:
+        heatmap_logits: float [B, R, S, S, Kp], static S and Kp.
+        target_index: int32 [B, R, Kp], flat target position i * S + j in [0, S * S)
+            (ops.keypoint_ops.keypoint_targets).
+        valid: bool [B, R, Kp], labelled keypoints inside foreground RoIs.
+    """
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(target_index, tf.int32), logits=flatten_heatmaps(heatmap_logits))
+    return tf.reduce_sum(tf.where(valid, loss, 0.0)) / _count(valid)

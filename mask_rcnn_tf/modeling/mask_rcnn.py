@@ -6,8 +6,9 @@ Boxes are [y1, x1, y2, x2] float32 pixels of the padded input.
 
 Inputs (a dict, as `data.pipeline` yields it):
     images float [B, H, W, 3] normalized; image_sizes float32 [B, 2] (h, w) inside the padding;
-    for training also gt_boxes float32 [B, M, 4], gt_classes int32 [B, M] (-1 padding) and
-    gt_masks float [B, M, Sm, Sm] (each mask cropped to its own box).
+    for training also gt_boxes float32 [B, M, 4], gt_classes int32 [B, M] (-1 padding),
+    gt_masks float [B, M, Sm, Sm] (each mask cropped to its own box) and, with the keypoint
+    branch, gt_keypoints float32 [B, M, Kp, 3] (x, y, v; continuous pixels).
 """
 
 import keras
@@ -15,9 +16,10 @@ import tensorflow as tf
 
 from mask_rcnn_tf.modeling import losses
 from mask_rcnn_tf.ops import anchors as anchor_ops
-from mask_rcnn_tf.ops import mask_ops, targets
+from mask_rcnn_tf.ops import keypoint_ops, mask_ops, targets
 
 LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "box_class_loss", "box_loss", "mask_loss")
+KEYPOINT_LOSS = "keypoint_loss"
 
 
 class MaskRCNN(keras.Model):
@@ -26,14 +28,15 @@ class MaskRCNN(keras.Model):
     `call(inputs, training=True)` returns the tensors the losses need (it samples anchors and
     RoIs against the ground truth in `inputs`); `call(inputs, training=False)` returns
     detections: detection_boxes [B, D, 4], detection_scores [B, D], detection_classes int32
-    [B, D] (0 on padding), num_detections int32 [B] and detection_masks float32 [B, D, 2P, 2P]
-    (mask probabilities inside each box).
+    [B, D] (0 on padding), num_detections int32 [B], detection_masks float32 [B, D, 2P, 2P]
+    (mask probabilities inside each box) and, with a keypoint branch, detection_keypoints
+    float32 [B, D, Kp, 3] (x, y, score; continuous pixels of the padded input).
     """
 
     def __init__(self, *, backbone, fpn, rpn_head, proposal_generator, box_roi_align,
                  mask_roi_align, box_head, mask_head, detection_generator, anchor_sizes,
                  anchor_aspect_ratios, anchor_offset, rpn_sampling, roi_sampling, rpn_beta,
-                 box_beta, **kwargs):
+                 box_beta, keypoint_roi_align=None, keypoint_head=None, **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone
         self.fpn = fpn
@@ -43,6 +46,8 @@ class MaskRCNN(keras.Model):
         self.mask_roi_align = mask_roi_align
         self.box_head = box_head
         self.mask_head = mask_head
+        self.keypoint_roi_align = keypoint_roi_align
+        self.keypoint_head = keypoint_head
         self.detection_generator = detection_generator
         self.anchor_sizes = tuple(anchor_sizes)
         self.anchor_aspect_ratios = tuple(anchor_aspect_ratios)
@@ -53,7 +58,9 @@ class MaskRCNN(keras.Model):
         self.box_beta = box_beta
         # Foreground RoIs come first in each sample, so this many rows hold all of them.
         self.max_foreground = int(roi_sampling["num_samples"] * roi_sampling["positive_fraction"])
-        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_NAMES}
+        self.loss_names = LOSS_NAMES + ((KEYPOINT_LOSS,) if keypoint_head is not None else ())
+        self.loss_trackers = {name: keras.metrics.Mean(name=name)
+                              for name in ("loss",) + self.loss_names}
 
     @property
     def metrics(self):
@@ -107,7 +114,7 @@ class MaskRCNN(keras.Model):
         mask_targets = mask_ops.mask_targets(
             tf.cast(inputs["gt_masks"], tf.float32), gt_boxes, fg_rois,
             sampled["matched_gt"][:, fg], int(mask_logits.shape[2]))
-        return {
+        outputs = {
             "rpn_logits": tf.gather(tf.concat(rpn_logits, axis=1), rpn["indices"], batch_dims=1),
             "rpn_deltas": tf.gather(tf.concat(rpn_deltas, axis=1), rpn["indices"], batch_dims=1),
             "rpn_labels": rpn["labels"],
@@ -124,6 +131,16 @@ class MaskRCNN(keras.Model):
             "mask_classes": sampled["classes"][:, fg],
             "mask_is_foreground": sampled["is_foreground"][:, fg],
         }
+        if self.keypoint_head is not None:
+            keypoint_logits = self.keypoint_head(
+                self.keypoint_roi_align(features, fg_rois), training=training)
+            target_index, keypoint_valid = keypoint_ops.keypoint_targets(
+                tf.cast(inputs["gt_keypoints"], tf.float32), fg_rois,
+                sampled["matched_gt"][:, fg], int(keypoint_logits.shape[2]))
+            outputs.update(
+                keypoint_logits=keypoint_logits, keypoint_targets=target_index,
+                keypoint_valid=keypoint_valid & sampled["is_foreground"][:, fg, None])
+        return outputs
 
     def _detect(self, features, proposals, proposal_valid, image_sizes, training):
         class_logits, box_deltas = self.box_head(
@@ -135,11 +152,17 @@ class MaskRCNN(keras.Model):
         class_logits = tf.gather(tf.transpose(mask_logits, [0, 1, 4, 2, 3]),
                                  detections["detection_classes"], batch_dims=2)
         detections["detection_masks"] = tf.sigmoid(class_logits)
+        if self.keypoint_head is not None:
+            boxes = detections["detection_boxes"]
+            heatmaps = self.keypoint_head(self.keypoint_roi_align(features, boxes),
+                                          training=training)
+            detections["detection_keypoints"] = keypoint_ops.heatmaps_to_keypoints(
+                heatmaps, boxes)
         return detections
 
     def compute_losses(self, outputs):
-        """Returns a dict of the five scalar float32 losses (names in LOSS_NAMES)."""
-        return {
+        """Returns a dict of the scalar float32 losses (names in `self.loss_names`)."""
+        values = {
             "rpn_objectness_loss": losses.rpn_objectness_loss(
                 outputs["rpn_logits"], outputs["rpn_labels"], outputs["rpn_valid"]),
             "rpn_box_loss": losses.rpn_box_loss(
@@ -154,10 +177,14 @@ class MaskRCNN(keras.Model):
                 outputs["mask_logits"], outputs["mask_classes"], outputs["mask_targets"],
                 outputs["mask_is_foreground"]),
         }
+        if self.keypoint_head is not None:
+            values[KEYPOINT_LOSS] = losses.keypoint_loss(
+                outputs["keypoint_logits"], outputs["keypoint_targets"], outputs["keypoint_valid"])
+        return values
 
     def _report(self, loss_values, total):
         self.loss_trackers["loss"].update_state(total)
-        for name in LOSS_NAMES:
+        for name in self.loss_names:
             self.loss_trackers[name].update_state(loss_values[name])
         return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
 
@@ -259,6 +286,7 @@ LOSS_NORMALIZERS = {
     "box_class_loss": "roi_valid",
     "box_loss": "roi_valid",
     "mask_loss": "mask_is_foreground",
+    KEYPOINT_LOSS: "keypoint_valid",
 }
 
 
@@ -277,8 +305,9 @@ def _global_batch_losses(loss_values, outputs):
     Returns:
       dict of scalar float32, the same keys: loss * local count / global count.
     """
+    names = list(loss_values)
     counts = tf.stack([tf.reduce_sum(tf.cast(outputs[LOSS_NORMALIZERS[name]], tf.float32))
-                       for name in LOSS_NAMES])
+                       for name in names])
     totals = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, counts)
     weights = tf.maximum(counts, 1.0) / tf.maximum(totals, 1.0)
-    return {name: loss_values[name] * weights[i] for i, name in enumerate(LOSS_NAMES)}
+    return {name: loss_values[name] * weights[i] for i, name in enumerate(names)}

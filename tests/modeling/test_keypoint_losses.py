@@ -5,7 +5,7 @@ without valid keypoints, blind to invalid entries."""
 import numpy as np
 import tensorflow as tf
 
-from mask_rcnn_tf.modeling.keypoint_losses import keypoint_loss
+from mask_rcnn_tf.modeling.losses import keypoint_loss
 
 SIZE = 5
 
