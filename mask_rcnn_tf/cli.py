@@ -111,6 +111,10 @@ def _parser():
     convert.add_argument("--coco-contiguous", action="store_true",
                          help="keep background + the 80 COCO categories of the 91 outputs, "
                               "numbered 1..80 by category id (needs model.num_classes=81)")
+    convert.add_argument("--allow-missing", nargs="+", default=[], metavar="HEAD",
+                         choices=["mask_head", "keypoint_head"],
+                         help="heads the checkpoint may lack entirely, kept as initialized "
+                              "(torchvision's Keypoint R-CNN: mask_head)")
     return parser
 
 
@@ -188,7 +192,8 @@ def run(args):
         from mask_rcnn_tf.convert import convert_torchvision_checkpoint
 
         print(json.dumps(convert_torchvision_checkpoint(
-            _config(args), args.checkpoint, args.output, coco_contiguous=args.coco_contiguous)))
+            _config(args), args.checkpoint, args.output, coco_contiguous=args.coco_contiguous,
+            allow_missing=tuple(args.allow_missing))))
 
 
 def _client(args):
