@@ -44,6 +44,24 @@ def atomic_path(path):
         shutil.rmtree(temp_folder, ignore_errors=True)
 
 
+def fsync_path(path):
+    """Flushes one file or folder entry to disk (a folder: its list of names)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root):
+    """Flushes every file and folder under `root` to disk, deepest first, so a folder renamed
+    into place after a power loss never holds empty files."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fsync_path(os.path.join(folder, name))
+        fsync_path(folder)
+
+
 def atomic_write_bytes(path, data):
     """Writes `data` to `path` atomically, flushed to disk before the rename.
 

@@ -11,7 +11,7 @@ import re
 import shutil
 import tempfile
 
-from mask_rcnn_tf.io_utils import atomic_path
+from mask_rcnn_tf.io_utils import atomic_path, fsync_path, fsync_tree
 
 _VERSION_RE = re.compile(r"^[0-9]+$")
 
@@ -56,20 +56,6 @@ def resolve_version(export_base, version=None, overwrite=False):
     return version
 
 
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root):
-    """Flushes every file and folder under root to disk, deepest first."""
-    for folder, _, files in os.walk(root, topdown=False):
-        for name in files:
-            _fsync(os.path.join(folder, name))
-        _fsync(folder)
 
 
 def publish_version(export_base, version, write, overwrite=False):
@@ -101,7 +87,7 @@ def publish_version(export_base, version, write, overwrite=False):
     try:
         with atomic_path(final) as temp:
             write(temp)
-            _fsync_tree(temp)
+            fsync_tree(temp)
             if os.path.lexists(final):
                 # A rename onto a non-empty folder fails, so the old version steps aside first.
                 resolve_version(export_base, version, overwrite)
@@ -115,5 +101,5 @@ def publish_version(export_base, version, write, overwrite=False):
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
     # Without this, a power loss could forget the rename of a folder whose files were flushed.
-    _fsync(export_base)
+    fsync_path(export_base)
     return final

@@ -18,6 +18,8 @@ import shutil
 
 import tensorflow as tf
 
+from mask_rcnn_tf.io_utils import fsync_path, fsync_tree
+
 STATE_NAME = "state"
 WEIGHTS_NAME = "model.weights.h5"
 _CHECKPOINT_RE = re.compile(r"^ckpt-(\d+)$")
@@ -50,13 +52,6 @@ def latest_checkpoint(model_dir):
     found = _checkpoints(model_dir)
     return found[-1][1] if found else None
 
-
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _one_line(error):
@@ -160,17 +155,13 @@ class CheckpointStore:
             self._epoch.assign(epoch)
             self._checkpoint.write(os.path.join(temp, STATE_NAME))
             self.model.save_weights(os.path.join(temp, WEIGHTS_NAME))
-            # Without flushing, a power loss after the rename could leave a renamed
-            # folder whose files are empty.
-            for name in os.listdir(temp):
-                _fsync(os.path.join(temp, name))
-            _fsync(temp)
+            fsync_tree(temp)
             final = checkpoint_path(self.model_dir, epoch)
             os.replace(temp, final)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
-        _fsync(self.model_dir)
+        fsync_path(self.model_dir)
         for _, path in _checkpoints(self.model_dir)[: -self.keep_last]:
             shutil.rmtree(path)
         return final
