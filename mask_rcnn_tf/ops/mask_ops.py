@@ -7,7 +7,6 @@ mask cell k spans [y1 + k h / S, y1 + (k + 1) h / S) of the box's frame.
 Shapes: B images, N boxes, M gt rows, R RoIs, S stored crop side, P target side.
 """
 
-import numpy as np
 import tensorflow as tf
 
 from mask_rcnn_tf.ops.roi_align import crop_and_resize_aligned
@@ -88,41 +87,42 @@ def mask_targets(gt_mask_crops, gt_boxes, rois, matched_gt, output_size):
 
 
 def paste_masks(masks, boxes, image_size):
-    """Paste box-relative mask probabilities into full images.
+    """Pastes box-relative mask probabilities into full images.
 
-    Image pixel centre (y + 0.5, x + 0.5) is sampled in the mask's frame (bilinear between mask
-    cell centres); the mask is padded by one zero cell, so values fade to 0 across the box edge
-    (0.5 * edge value on the edge) and are exactly 0 from half a mask cell outside the box.
-    One crop_and_resize call: the image, seen as a box in each mask's pixel frame, is cropped
-    at h x w bin centres.
+    Image pixel centre (y + 0.5, x + 0.5) is read bilinearly between mask cell centres, with
+    zeros beyond the mask, so values fade to zero over the half cell outside the box (0.5 * edge
+    value on the edge). One affine image transform (ImageProjectiveTransformV3, bilinear,
+    constant zero fill) maps output pixel index (y, x) to mask index
+    ((y + 0.5 - y1) / cell_h - 0.5, (x + 0.5 - x1) / cell_w - 0.5), cell_h = (y2 - y1) / M, so
+    the image size may be known only when the graph runs (serving).
 
     Args:
-        masks: float [B, N, Mm, Mm], probabilities inside each box.
+        masks: float [B, N, M, M], probabilities inside each box.
         boxes: float32 [B, N, 4], [y1, x1, y2, x2], pixels of the target image.
-        image_size: (h, w) Python ints.
+        image_size: (h, w) Python ints or an int32 [2] tensor.
 
     Returns:
         float32 [B, N, h, w]; all zeros for empty boxes.
-
-    Raises:
-        ValueError: the mask size is not static.
     """
-    height, width = image_size
     masks = tf.cast(masks, tf.float32)
     boxes = tf.cast(boxes, tf.float32)
-    mask_height, mask_width = masks.shape[-2], masks.shape[-1]
-    if mask_height is None or mask_width is None:
-        raise ValueError(f"paste_masks: masks need a static size, got shape {masks.shape}")
-    batch_size = tf.shape(masks)[0]
-    num_boxes = tf.shape(masks)[1]
-    image_box = tf.constant([0.0, 0.0, height, width], tf.float32)
-    image_in_mask = _boxes_in_frame(image_box, boxes, (mask_height, mask_width))
-    flat = tf.reshape(image_in_mask, [-1, 4])
-    pasted = crop_and_resize_aligned(
-        tf.reshape(masks, [-1, mask_height, mask_width, 1]), flat,
-        tf.range(tf.shape(flat)[0]), (height, width))
-    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
-    # An empty box maps the whole image onto one mask point; its paste must be empty instead.
+    mask_height, mask_width = tf.shape(masks)[2], tf.shape(masks)[3]
+    batch_size, num_boxes = tf.shape(masks)[0], tf.shape(masks)[1]
+    flat_boxes = tf.reshape(boxes, [-1, 4])
+    y1, x1, y2, x2 = tf.unstack(flat_boxes, axis=-1)
+    # Inverse cell sizes; an empty box gets 0 here and an all-zero paste below.
+    per_row = tf.math.divide_no_nan(tf.cast(mask_height, tf.float32), y2 - y1)
+    per_col = tf.math.divide_no_nan(tf.cast(mask_width, tf.float32), x2 - x1)
+    zeros = tf.zeros_like(y1)
+    # Row [a0, a1, a2, b0, b1, b2, c0, c1] maps output (x, y) to input (a0 x + a1 y + a2,
+    # b0 x + b1 y + b2); the op reads index coordinates (pixel k at k).
+    transforms = tf.stack([per_col, zeros, (0.5 - x1) * per_col - 0.5,
+                           zeros, per_row, (0.5 - y1) * per_row - 0.5,
+                           zeros, zeros], axis=-1)
+    pasted = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.reshape(masks, [-1, mask_height, mask_width, 1]), transforms=transforms,
+        output_shape=tf.cast(image_size, tf.int32), fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="CONSTANT")
     non_empty = tf.cast((y2 > y1) & (x2 > x1), tf.float32)
-    pasted = tf.reshape(pasted, [batch_size, num_boxes, height, width])
-    return pasted * non_empty[:, :, None, None]
+    pasted = pasted[..., 0] * non_empty[:, None, None]
+    return tf.reshape(pasted, tf.concat([[batch_size, num_boxes], tf.shape(pasted)[1:]], 0))

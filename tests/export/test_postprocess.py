@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from mask_rcnn_tf.export import postprocess
-from mask_rcnn_tf.ops.mask_ops import paste_masks_numpy
+from mask_rcnn_tf.ops.mask_ops import paste_masks, paste_masks_numpy
 
 
 def _bilinear_zero_padded(mask, y, x):
@@ -31,7 +31,7 @@ def test_paste_matches_pixel_centre_definition():
     expected = np.array([[_bilinear_zero_padded(mask, (y + 0.5 - box[0]) / cell_h - 0.5,
                                                 (x + 0.5 - box[1]) / cell_w - 0.5)
                           for x in range(width)] for y in range(height)])
-    pasted = postprocess.paste_masks_dynamic(mask[None, None], box[None, None],
+    pasted = paste_masks(mask[None, None], box[None, None],
                                              tf.constant([height, width]))
     assert pasted.shape == (1, 1, height, width)
     np.testing.assert_allclose(pasted[0, 0].numpy(), expected, atol=1e-5)
@@ -53,7 +53,7 @@ def test_paste_matches_paste_masks_numpy_with_dynamic_canvas():
     @tf.function(input_signature=[tf.TensorSpec([None, None, 28, 28]),
                                   tf.TensorSpec([None, None, 4]), tf.TensorSpec([2], tf.int32)])
     def paste(m, b, size):
-        return postprocess.paste_masks_dynamic(m, b, size)
+        return paste_masks(m, b, size)
 
     pasted = paste(masks, boxes, tf.constant(canvas)).numpy()
     assert pasted.shape == (2, 5) + canvas
