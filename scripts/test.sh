@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 export KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=2
 python3 -m venv .venv
 .venv/bin/pip install --quiet -e ".[test,parity]"
-.venv/bin/python -m pytest -q -m "not slow and not unstable" "$@"
+.venv/bin/python -m pytest -q -m "not slow" "$@"

@@ -6,6 +6,12 @@ the centres of the first and last pixel. RoIAlign samples bin centres in pixel c
 The helpers below convert one into the other; this is the only module that sees normalized
 coordinates.
 
+The gradient with respect to the image is our own (_crop_and_resize): TensorFlow's CPU kernel
+CropAndResizeGradImage splits the boxes over threads that add into the same image gradient
+without synchronization, so overlapping boxes lose updates (with two threads, 10-30% of the
+gradient's largest value on RoIAlign-sized inputs; exact only under
+tf.config.experimental.enable_op_determinism, which runs it on one thread).
+
 Shapes: B images, N boxes per image, L levels, C channels, P output side, R boxes in total.
 """
 
@@ -45,6 +51,92 @@ def _padded_grid_boxes(boxes, height, width, crop_height, crop_width):
     return tf.stack([first_y, first_x, last_y, last_x], axis=-1)
 
 
+def _sample_neighbours(start, end, size, count):
+    """crop_and_resize's samples along one axis, as its kernel computes them.
+
+    Args:
+        start, end: float32 [R], normalized box sides (0 and 1 the first and last pixel centre).
+        size: int32 scalar, pixels along the axis.
+        count: Python int, samples along the axis.
+
+    Returns:
+        low, high: int32 [R, count], the pixels on either side of each sample;
+        low_weight, high_weight: float32 [R, count], their bilinear weights, 0 for samples
+        outside the image (which crop_and_resize fills with the extrapolation value).
+    """
+    last = tf.cast(size - 1, tf.float32)
+    if count > 1:
+        step = (end - start) * last / (count - 1)
+        position = start[:, None] * last + tf.range(count, dtype=tf.float32)[None] * step[:, None]
+    else:
+        position = (0.5 * (start + end) * last)[:, None]
+    inside = (position >= 0.0) & (position <= last)
+    low = tf.floor(position)
+    fraction = tf.where(inside, position - low, 0.0)
+    low_index = tf.clip_by_value(tf.cast(low, tf.int32), 0, size - 1)
+    high_index = tf.clip_by_value(tf.cast(tf.math.ceil(position), tf.int32), 0, size - 1)
+    return low_index, high_index, tf.where(inside, 1.0 - fraction, 0.0), fraction
+
+
+def _crop_and_resize_image_gradient(upstream, boxes, box_indices, image_shape):
+    """The gradient of bilinear crop_and_resize w.r.t. its image, by segment sums.
+
+    Args:
+        upstream: float32 [R, h, w, C], the gradient of the crops.
+        boxes: float32 [R, 4], normalized [y1, x1, y2, x2] as given to crop_and_resize.
+        box_indices: int32 [R].
+        image_shape: int32 [4], the image's [K, H, W, C].
+
+    Returns:
+        float32 [K, H, W, C].
+    """
+    height, width = image_shape[1], image_shape[2]
+    num_pixels = image_shape[0] * height * width
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    y_low, y_high, y_low_weight, y_high_weight = _sample_neighbours(
+        y1, y2, height, upstream.shape[1])
+    x_low, x_high, x_low_weight, x_high_weight = _sample_neighbours(
+        x1, x2, width, upstream.shape[2])
+    rows = box_indices[:, None] * height
+    values = tf.reshape(upstream, [-1, upstream.shape[3]])
+    gradient = 0.0
+    # The four bilinear neighbours one at a time: one pass with all four would hold four
+    # copies of the upstream gradient at once.
+    for y, y_weight in ((y_low, y_low_weight), (y_high, y_high_weight)):
+        for x, x_weight in ((x_low, x_low_weight), (x_high, x_high_weight)):
+            pixel = tf.reshape((rows + y)[:, :, None] * width + x[:, None, :], [-1])
+            weight = tf.reshape(y_weight[:, :, None] * x_weight[:, None, :], [-1, 1])
+            gradient += tf.math.unsorted_segment_sum(values * weight, pixel, num_pixels)
+    return tf.reshape(gradient, image_shape)
+
+
+def _crop_and_resize(images, boxes, box_indices, crop_size):
+    """tf.image.crop_and_resize (bilinear, 0 outside the image) with a race-free image gradient.
+
+    Args:
+        images: float32 [K, H, W, C].
+        boxes: float32 [R, 4], normalized [y1, x1, y2, x2]; no gradient flows to them (RoIs
+            and mask boxes are constants of the loss here, as in torchvision).
+        box_indices: int32 [R], in [0, K).
+        crop_size: [h, w] Python ints.
+
+    Returns:
+        float32 [R, h, w, C].
+    """
+    boxes = tf.stop_gradient(boxes)
+
+    @tf.custom_gradient
+    def crop(images):
+        def gradient(upstream):
+            return _crop_and_resize_image_gradient(
+                tf.cast(upstream, tf.float32), boxes, box_indices, tf.shape(images))
+
+        return tf.image.crop_and_resize(images, boxes, box_indices, crop_size,
+                                        extrapolation_value=0.0), gradient
+
+    return crop(images)
+
+
 def _map_size(images):
     shape = tf.shape(images)
     return tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
@@ -77,9 +169,9 @@ def crop_and_resize_aligned(images, boxes, box_indices, crop_size):
     # Pixel coordinates put pixel k's centre at k + 0.5; index coordinates put it at k.
     index_boxes = tf.cast(boxes, tf.float32) - 0.5
     padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]])
-    return tf.image.crop_and_resize(
+    return _crop_and_resize(
         padded, _padded_grid_boxes(index_boxes, height, width, crop_height, crop_width),
-        tf.cast(box_indices, tf.int32), [crop_height, crop_width], extrapolation_value=0.0)
+        tf.cast(box_indices, tf.int32), [crop_height, crop_width])
 
 
 def _roi_align_level(features, boxes, box_indices, scale, output_size, sampling_ratio, aligned):
@@ -98,8 +190,7 @@ def _roi_align_level(features, boxes, box_indices, scale, output_size, sampling_
     # SYMMETRIC padding repeats the edge row, which reproduces torchvision's clamping of samples
     # in [-1, 0] and [H - 1, H]; samples beyond that fall outside the padded map and get 0.
     padded = tf.pad(features, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
-    crops = tf.image.crop_and_resize(
-        padded, grid_boxes, box_indices, [samples, samples], extrapolation_value=0.0)
+    crops = _crop_and_resize(padded, grid_boxes, box_indices, [samples, samples])
     # The bin average as a pooling op: a mean over axes 2 and 4 of a 6-D reshape runs as a
     # strided reduction, several times slower forwards and backwards on CPU.
     return tf.nn.avg_pool2d(crops, sampling_ratio, sampling_ratio, "VALID")

@@ -172,11 +172,6 @@ def _assert_same_weights(one_device, model_dir, step_fraction=0.01, relative=1e-
     assert moved > len(reference) // 2
 
 
-# Issue 4 is open on this: most runs agree to about 3e-7, but some differ by 1-2% of a step,
-# because rounding that differs between one batch of two and two batches of one can flip a
-# discrete choice (top-k, NMS, IoU matching, FPN level) in the RPN or RoI sampling. Run them
-# with `pytest -m unstable`; deterministic, replica-independent sampling is the planned fix.
-@pytest.mark.unstable
 def test_mirrored_two_devices_equals_one_device(one_device, shapes, tmp_path, processes):
     model_dir = tmp_path / "mirrored"
     run = processes.start("mirrored", [sys.executable, str(CLI_WITH_CPUS), "2", *_train_command(
@@ -186,11 +181,6 @@ def test_mirrored_two_devices_equals_one_device(one_device, shapes, tmp_path, pr
     _assert_same_weights(one_device, model_dir)
 
 
-# Issue 4 is open on this: most runs agree to about 3e-7, but some differ by 1-2% of a step,
-# because rounding that differs between one batch of two and two batches of one can flip a
-# discrete choice (top-k, NMS, IoU matching, FPN level) in the RPN or RoI sampling. Run them
-# with `pytest -m unstable`; deterministic, replica-independent sampling is the planned fix.
-@pytest.mark.unstable
 def test_mirrored_synchronized_batchnorm_equals_one_device(shapes, tmp_path, processes):
     # Trainable BatchNorm: per-replica statistics of one image would differ from those of the
     # two-image batch; synchronized statistics are those of the global batch.
@@ -210,11 +200,6 @@ def test_mirrored_synchronized_batchnorm_equals_one_device(shapes, tmp_path, pro
                          step_fraction=0.1, relative=1e-2)
 
 
-# Issue 4 is open on this: most runs agree to about 3e-7, but some differ by 1-2% of a step,
-# because rounding that differs between one batch of two and two batches of one can flip a
-# discrete choice (top-k, NMS, IoU matching, FPN level) in the RPN or RoI sampling. Run them
-# with `pytest -m unstable`; deterministic, replica-independent sampling is the planned fix.
-@pytest.mark.unstable
 def test_two_workers_equal_one_device(one_device, shapes, tmp_path, processes):
     model_dir = tmp_path / "workers"
     workers = [processes.start(f"worker{i}", _cli(_train_command(
