@@ -97,6 +97,9 @@ class RoIHeadsConfig:
     box_fc_dim: int = 1024
     mask_conv_dim: int = 256
     mask_num_convs: int = 4
+    # Mask targets (the ground-truth mask resampled into each RoI) are binarized at this
+    # probability, as in the paper and detectron2; null keeps them soft, as torchvision does.
+    mask_target_threshold: float | None = 0.5
     score_threshold: float = 0.05
     nms_threshold: float = 0.5
     detections_per_image: int = 100

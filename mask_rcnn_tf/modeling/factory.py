@@ -59,6 +59,7 @@ def build_model(config: ModelConfig, image_size: int | None = None) -> MaskRCNN:
                           add_gt_as_proposals=h.add_gt_as_proposals, box_weights=h.box_weights),
         rpn_beta=r.smooth_l1_beta,
         box_beta=h.smooth_l1_beta,
+        mask_target_threshold=h.mask_target_threshold,
         name="mask_rcnn",
     )
     if image_size is not None:

@@ -65,7 +65,7 @@ def mask_loss(mask_logits, classes, targets, is_foreground):
     """Mean per-pixel binary cross-entropy on the ground-truth class channel of foreground RoIs.
 
     Args: mask_logits float32 [B, F, P, P, K]; classes int32 [B, F]; targets float32 [B, F, P, P]
-        in {0, 1}; is_foreground bool [B, F].
+        in [0, 1] (binary, or soft with roi_heads.mask_target_threshold null); is_foreground bool [B, F].
     """
     logits = tf.gather(tf.transpose(mask_logits, [0, 1, 4, 2, 3]), classes, batch_dims=2)
     loss = tf.reduce_mean(

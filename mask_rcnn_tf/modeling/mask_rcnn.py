@@ -36,7 +36,8 @@ class MaskRCNN(keras.Model):
     def __init__(self, *, backbone, fpn, rpn_head, proposal_generator, box_roi_align,
                  mask_roi_align, box_head, mask_head, detection_generator, anchor_sizes,
                  anchor_aspect_ratios, anchor_offset, rpn_sampling, roi_sampling, rpn_beta,
-                 box_beta, keypoint_roi_align=None, keypoint_head=None, **kwargs):
+                 box_beta, mask_target_threshold=0.5, keypoint_roi_align=None,
+                 keypoint_head=None, **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone
         self.fpn = fpn
@@ -56,6 +57,7 @@ class MaskRCNN(keras.Model):
         self.roi_sampling = dict(roi_sampling)
         self.rpn_beta = rpn_beta
         self.box_beta = box_beta
+        self.mask_target_threshold = mask_target_threshold
         # Foreground RoIs come first in each sample, so this many rows hold all of them.
         self.max_foreground = int(roi_sampling["num_samples"] * roi_sampling["positive_fraction"])
         self.loss_names = LOSS_NAMES + ((KEYPOINT_LOSS,) if keypoint_head is not None else ())
@@ -114,6 +116,8 @@ class MaskRCNN(keras.Model):
         mask_targets = mask_ops.mask_targets(
             tf.cast(inputs["gt_masks"], tf.float32), gt_boxes, fg_rois,
             sampled["matched_gt"][:, fg], int(mask_logits.shape[2]))
+        if self.mask_target_threshold is not None:
+            mask_targets = tf.cast(mask_targets >= self.mask_target_threshold, tf.float32)
         outputs = {
             "rpn_logits": tf.gather(tf.concat(rpn_logits, axis=1), rpn["indices"], batch_dims=1),
             "rpn_deltas": tf.gather(tf.concat(rpn_deltas, axis=1), rpn["indices"], batch_dims=1),
@@ -127,7 +131,7 @@ class MaskRCNN(keras.Model):
             "roi_is_foreground": sampled["is_foreground"],
             "roi_valid": sampled["valid"],
             "mask_logits": mask_logits,
-            "mask_targets": tf.cast(mask_targets >= 0.5, tf.float32),
+            "mask_targets": mask_targets,
             "mask_classes": sampled["classes"][:, fg],
             "mask_is_foreground": sampled["is_foreground"][:, fg],
         }

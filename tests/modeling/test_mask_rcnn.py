@@ -1,6 +1,7 @@
 """The MaskRCNN model end to end: a tiny shapes model for training, images without objects and
 inference outputs; the full R-50-FPN for its parameter count and the acceptance forward pass."""
 
+import dataclasses
 from pathlib import Path
 
 import keras
@@ -72,6 +73,22 @@ def test_one_training_step_gives_finite_losses_and_changes_weights(tiny):
     # RPN anchors that are all background and rarely among the 32 sampled: its output conv
     # may get no gradient in one step. Every other weight must move.
     assert all("output_p5" in path for path in unchanged), unchanged
+
+
+def test_mask_targets_binary_or_soft(tiny):
+    config, model = tiny
+    outputs = model(_batch(), training=True)
+    foreground = outputs["mask_is_foreground"].numpy()
+    binary = outputs["mask_targets"].numpy()[foreground]
+    assert foreground.any() and set(np.unique(binary)) <= {0.0, 1.0}
+    # torchvision trains on the resampled masks as they are: values between 0 and 1 on edges.
+    soft_model = build_model(dataclasses.replace(config.model, roi_heads=dataclasses.replace(
+        config.model.roi_heads, mask_target_threshold=None)), image_size=SIZE)
+    soft_model.set_weights(model.get_weights())
+    outputs = soft_model(_batch(), training=True)
+    soft = outputs["mask_targets"].numpy()[outputs["mask_is_foreground"].numpy()]
+    assert soft.min() >= 0.0 and soft.max() <= 1.0
+    assert np.any((soft > 0.01) & (soft < 0.99))
 
 
 def test_images_without_objects(tiny):
