@@ -167,13 +167,14 @@ def run(args):
         if args.output:
             atomic_write_json(args.output, metrics)
     elif args.command == "predict":
-        from mask_rcnn_tf.data.inputs import load_categories
+        from mask_rcnn_tf.data.inputs import load_label_schema
         from mask_rcnn_tf.evaluation.predict import predict_images, read_image
 
         config = _config(args)
-        categories = load_categories(config.data)
+        schema = load_label_schema(config.data)
         images = {path: read_image(path) for path in args.images}
-        predict_images(_load_model(args, config), config, images, args.output_dir, categories)
+        predict_images(_load_model(args, config), config, images, args.output_dir,
+                       schema.categories, skeleton=schema.skeleton)
     elif args.command == "export":
         from mask_rcnn_tf.export.saved_model import export_saved_model
 
@@ -197,13 +198,15 @@ def run(args):
 
 
 def _client(args):
-    """`mask-rcnn client`: prints one JSON object per image (masks as area and COCO RLE)."""
+    """`mask-rcnn client`: prints one JSON object per image (masks as area and COCO RLE;
+    keypoints, when the model has them, as {name: [x, y, score]})."""
     from pathlib import Path
 
     import numpy as np
     from PIL import Image
     from pycocotools import mask as mask_utils
 
+    from mask_rcnn_tf.evaluation.predict import keypoints_to_draw
     from mask_rcnn_tf.evaluation.visualize import draw_detections
     from mask_rcnn_tf.io_utils import atomic_path
     from mask_rcnn_tf.serving import MaskRCNNClient
@@ -213,6 +216,7 @@ def _client(args):
         if args.wait > 0:
             client.wait_until_ready(timeout=args.wait)
         results = client.predict(args.images, min_score=args.min_score)
+        skeleton = client.skeleton() or ()
     report = []
     for path, detections in zip(args.images, results):
         objects = []
@@ -223,17 +227,26 @@ def _client(args):
                             "box": [round(float(v), 2) for v in d.box],
                             "mask_area": int(d.mask.sum()),
                             "mask_rle": {"size": rle["size"], "counts": rle["counts"].decode()}})
+            if d.keypoints is not None:
+                points = [[round(float(x), 2), round(float(y), 2), round(float(score), 4)]
+                          for x, y, score in d.keypoints]
+                # By name when the server gave names, else a list in the model's keypoint order.
+                objects[-1]["keypoints"] = (dict(zip(d.keypoint_names, points))
+                                            if d.keypoint_names is not None else points)
         report.append({"image": path, "detections": objects})
         if args.draw:
             Path(args.draw).mkdir(parents=True, exist_ok=True)
             with Image.open(path) as image:
                 pixels = np.asarray(image.convert("RGB"))
             names = {d.class_id: d.class_name or str(d.class_id) for d in detections}
+            keypoints = None
+            if detections and detections[0].keypoints is not None:
+                keypoints = keypoints_to_draw([d.keypoints for d in detections])
             drawn = draw_detections(
                 pixels, [d.box for d in detections], [d.class_id for d in detections],
                 [d.score for d in detections],
                 np.array([d.mask for d in detections]).reshape(-1, *pixels.shape[:2]), names,
-                score_threshold=args.min_score)
+                score_threshold=args.min_score, keypoints=keypoints, skeleton=skeleton)
             with atomic_path(Path(args.draw) / f"{Path(path).stem}.png") as temp_path:
                 Image.fromarray(drawn).save(temp_path, format="PNG")
     print(json.dumps(report, indent=2))

@@ -227,10 +227,33 @@ def _categories(path, data, category_ids):
     return [(c, names[c]) for c in category_ids], set(names)
 
 
-def read_categories(annotations_path):
-    """(category id, name) pairs of an annotations file, sorted by id (class indices 1..K)."""
-    categories, _ = _categories(annotations_path, _read_json(annotations_path), None)
-    return categories
+@dataclasses.dataclass(frozen=True)
+class LabelSchema:
+    """What a model trained on an annotations file names: its classes and keypoints.
+
+    Attributes:
+        annotations_path: the file it was read from.
+        categories: list of (category_id, name) sorted by id; entry i is class index i + 1.
+        keypoint_names: names of the Kp keypoints (the categories' `keypoints`), () for none.
+        skeleton: the 1-based (a, b) keypoint pairs of the categories' `skeleton`.
+    """
+
+    annotations_path: str
+    categories: list
+    keypoint_names: tuple = ()
+    skeleton: tuple = ()
+
+
+def read_label_schema(annotations_path):
+    """The LabelSchema of an annotations file (every category, sorted by id), read as load_coco
+    reads it but without the images and annotations."""
+    path = os.fspath(annotations_path)
+    data = _read_json(path)
+    categories, _ = _categories(path, data, None)
+    class_of = {category_id: i + 1 for i, (category_id, _) in enumerate(categories)}
+    keypoint_names, skeleton = _keypoint_schema(path, data, class_of)
+    return LabelSchema(annotations_path=path, categories=categories,
+                       keypoint_names=tuple(keypoint_names), skeleton=skeleton)
 
 
 def load_coco(annotations_path, images_dir, category_ids=None, verify_images=None):

@@ -3,7 +3,7 @@
 import dataclasses
 
 from mask_rcnn_tf.config import ConfigError, DataConfig
-from mask_rcnn_tf.data.coco import CocoDataset, load_coco, read_categories
+from mask_rcnn_tf.data.coco import CocoDataset, LabelSchema, load_coco, read_label_schema
 from mask_rcnn_tf.data.pipeline import build_dataset
 
 
@@ -63,12 +63,12 @@ def make_training_input(config: DataConfig, dataset: CocoDataset, strategy, *, b
     return strategy.distribute_datasets_from_function(pipeline)
 
 
-def load_categories(config: DataConfig) -> list[tuple[int, str]]:
-    """(category id, name) pairs sorted by id, read from the train (else val) annotations file:
-    the class names of a model trained on that data, without loading the whole dataset."""
+def load_label_schema(config: DataConfig) -> LabelSchema:
+    """Class names (categories sorted by id), keypoint names and skeleton of a model trained on
+    the data, read from the train (else val) annotations file without loading the dataset."""
     for split in ("train", "val"):
         path = getattr(config, split).annotations
         if path:
-            return read_categories(path)
+            return read_label_schema(path)
     raise ConfigError("data.train.annotations (or data.val.annotations) must be set to know "
                       "the class names")

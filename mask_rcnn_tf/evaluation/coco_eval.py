@@ -11,6 +11,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
+from mask_rcnn_tf.ops.keypoint_ops import keypoints_to_original_frame
 from mask_rcnn_tf.ops.mask_ops import paste_masks_numpy
 
 _DETECTION_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl",
@@ -104,6 +105,9 @@ def detections_to_coco(outputs, category_ids, mask_threshold=0.5):
     category_ids = [int(c) for c in category_ids]
     masks = arrays.get("detection_masks")
     keypoints = arrays.get("detection_keypoints")
+    if keypoints is not None:
+        keypoints = keypoints_to_original_frame(keypoints.astype(np.float64),
+                                                arrays["scales"].astype(np.float64))
     results = []
     for b in range(arrays["detection_boxes"].shape[0]):
         count = int(arrays["num_detections"][b])
@@ -125,9 +129,7 @@ def detections_to_coco(outputs, category_ids, mask_threshold=0.5):
                                            (height, width))
                 result["segmentation"] = _encode_rle(pasted >= mask_threshold)
             if keypoints is not None:
-                points = keypoints[b, i].astype(np.float64)
-                points[:, :2] = points[:, :2] / float(arrays["scales"][b]) - 0.5
-                result["keypoints"] = [round(float(v), 3) for v in points.reshape(-1)]
+                result["keypoints"] = [round(float(v), 3) for v in keypoints[b, i].reshape(-1)]
             results.append(result)
     return results
 

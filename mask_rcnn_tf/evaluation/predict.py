@@ -30,15 +30,18 @@ def read_image(path) -> np.ndarray:
         raise ValueError(f"{path}: image does not decode ({err})") from None
 
 
-def predict_images(model, config: Config, images, output_dir, categories) -> list[dict]:
+def predict_images(model, config: Config, images, output_dir, categories,
+                   skeleton=()) -> list[dict]:
     """Runs `model` on each image, draws its detections and writes COCO results.
 
     Writes `output_dir/<image stem>.png` per image and `output_dir/detections.json` (COCO
-    results; `image_id` is the image's position in `images`, `file_name` names it).
+    results; `image_id` is the image's position in `images`, `file_name` names it; results
+    carry "keypoints" when the model has the keypoint branch).
 
     Args:
         images: dict from file path to uint8 [h, w, 3] RGB (see read_image).
         categories: (category id, name) pairs; class c is categories[c - 1].
+        skeleton: 1-based (a, b) keypoint pairs drawn as limbs (the dataset's `skeleton`).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +64,7 @@ def predict_images(model, config: Config, images, output_dir, categories) -> lis
             result["file_name"] = str(path)
         all_results.extend(results)
         drawn = draw_results(image, results, category_ids, class_names,
-                             config.eval.score_threshold_draw)
+                             config.eval.score_threshold_draw, skeleton)
         with atomic_path(output_dir / f"{Path(path).stem}.png") as tmp:
             Image.fromarray(drawn).save(tmp, format="PNG")
         logger.info("%s: %d detections", path, len(results))
@@ -69,8 +72,9 @@ def predict_images(model, config: Config, images, output_dir, categories) -> lis
     return all_results
 
 
-def draw_results(image, results, category_ids, class_names, score_threshold):
-    """Draws COCO results (one image's, original pixels, RLE masks) over uint8 [h, w, 3]."""
+def draw_results(image, results, category_ids, class_names, score_threshold, skeleton=()):
+    """Draws COCO results (one image's, original pixels, RLE masks, keypoints with the 1-based
+    `skeleton` pairs when results have "keypoints") over uint8 [h, w, 3]."""
     if not results:
         return image.copy()
     boxes = np.array([[y, x, y + h, x + w] for x, y, w, h in (r["bbox"] for r in results)])
@@ -79,4 +83,27 @@ def draw_results(image, results, category_ids, class_names, score_threshold):
     masks = None
     if "segmentation" in results[0]:
         masks = np.stack([mask_utils.decode(r["segmentation"]).astype(bool) for r in results])
-    return draw_detections(image, boxes, classes, scores, masks, class_names, score_threshold)
+    keypoints = None
+    if "keypoints" in results[0]:
+        # COCO results and the drawer share the pixel-index frame.
+        keypoints = keypoints_to_draw([np.reshape(r["keypoints"], [-1, 3]) for r in results])
+    return draw_detections(image, boxes, classes, scores, masks, class_names, score_threshold,
+                           keypoints=keypoints, skeleton=skeleton)
+
+
+def keypoints_to_draw(keypoints):
+    """Predicted keypoints as draw_detections takes them: every keypoint visible.
+
+    A predicted keypoint's score is its heatmap's maximum logit, whose level means nothing (the
+    softmax the head is trained with ignores a shift of all logits), so no threshold on it
+    decides which keypoints to draw: all of a drawn detection are.
+
+    Args:
+        keypoints: N arrays float [Kp, 3] (x, y, score), COCO's pixel-index frame.
+
+    Returns:
+        float32 [N, Kp, 3] (x, y, 1).
+    """
+    points = np.array(keypoints, np.float32).reshape(len(keypoints), -1, 3)
+    points[:, :, 2] = 1.0
+    return points

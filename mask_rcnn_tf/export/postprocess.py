@@ -1,4 +1,5 @@
-"""Detections in the frame of the image a client sent: boxes rescaled, masks pasted.
+"""Detections in the frame of the image a client sent: boxes rescaled, masks pasted (keypoints:
+ops.keypoint_ops.keypoints_to_original_frame).
 
 The model sees each image resized by `scale` and padded; a client of the serving graph wants
 pixels of its own image, whose size differs per image and per request: everything here works

@@ -5,15 +5,18 @@ Layout written (see export/serving_module.py for the signatures):
     BASE/<version>/saved_model.pb
     BASE/<version>/variables/
     BASE/<version>/assets/labels.txt                         class names, class 1 first
+    BASE/<version>/assets/keypoints.txt                      keypoint names (models with the
+                                                             keypoint branch only)
     BASE/<version>/assets.extra/tf_serving_warmup_requests    (export/warmup.py)
 
 Written with tf.saved_model.save rather than keras.export.ExportArchive (which calls
 tf.saved_model.save underneath): the root object is ours, so it holds exactly what TF Serving
 reads, i.e. the signatures under their TF Serving keys with named outputs, the model's
-tf.Variables, and a tracked tf.saved_model.Asset for labels.txt, which ExportArchive has no
-public way to add; the signatures are plain functions of ServingModule (decoding, the metadata
-signature), not Keras endpoints. Both save the bare tf.Variables rather than the Keras objects,
-which is what makes the SavedModel load in tensorflow_model_server (see ServingModule.saveable).
+tf.Variables, and tracked tf.saved_model.Assets for labels.txt and keypoints.txt, which
+ExportArchive has no public way to add; the signatures are plain functions of ServingModule
+(decoding, the metadata signature), not Keras endpoints. Both save the bare tf.Variables rather
+than the Keras objects, which is what makes the SavedModel load in tensorflow_model_server (see
+ServingModule.saveable).
 """
 
 import logging
@@ -22,8 +25,8 @@ import tempfile
 
 import tensorflow as tf
 
-from mask_rcnn_tf.data.inputs import load_categories
-from mask_rcnn_tf.export.serving_module import LABELS_FILE, ServingModule
+from mask_rcnn_tf.data.inputs import load_label_schema
+from mask_rcnn_tf.export.serving_module import KEYPOINTS_FILE, LABELS_FILE, ServingModule
 from mask_rcnn_tf.export.versions import publish_version, resolve_version
 from mask_rcnn_tf.export.warmup import warmup_requests, write_warmup_file
 from mask_rcnn_tf.modeling.factory import build_model
@@ -52,14 +55,60 @@ def check_class_names(class_names, num_classes, source):
         raise ValueError(f"{source}: {len(names)} categories, but model.num_classes="
                          f"{num_classes} needs {num_classes - 1} class names (background "
                          "excluded)")
-    for name in names:
-        if not name.strip() or "\n" in name or "\r" in name:
-            raise ValueError(f"{source}: class name {name!r} must be non-empty and on one line")
+    _check_one_line(names, "class", source)
     return names
 
 
+def check_keypoint_schema(keypoint_names, skeleton, num_keypoints, source):
+    """Checks the keypoint names and skeleton of a model with num_keypoints keypoints.
+
+    Args:
+        keypoint_names: sequence of str, the categories' `keypoints`.
+        skeleton: sequence of 1-based (a, b) keypoint pairs, the categories' `skeleton`.
+        num_keypoints: int, model.keypoints.num_keypoints; 0 for a model without the branch,
+            whose export ignores keypoints in the annotations.
+        source: where the names come from, for error messages (the annotations file).
+
+    Returns:
+        (list of str, list of (int, int)); ([], []) when num_keypoints is 0.
+
+    Raises:
+        ValueError: wrong count; a name that is empty, spans lines (keypoints.txt holds one name
+            per line) or repeats; a skeleton pair that is not two keypoint numbers 1..Kp.
+    """
+    if not num_keypoints:
+        return [], []
+    names = [str(name) for name in keypoint_names]
+    if len(names) != num_keypoints:
+        raise ValueError(f"{source}: {len(names)} keypoint names in the categories' "
+                         f"'keypoints', but model.keypoints.num_keypoints={num_keypoints}")
+    _check_one_line(names, "keypoint", source)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{source}: keypoint names {repeated} appear more than once")
+    limbs = []
+    for limb in skeleton:
+        if len(limb) != 2 or not all(isinstance(k, int) and 1 <= k <= num_keypoints
+                                     for k in limb):
+            raise ValueError(f"{source}: skeleton pair {list(limb)} must be two keypoint "
+                             f"numbers in 1..{num_keypoints}")
+        limbs.append(tuple(limb))
+    return names, limbs
+
+
+def _check_one_line(names, kind, source):
+    for name in names:
+        if not name.strip() or "\n" in name or "\r" in name:
+            raise ValueError(f"{source}: {kind} name {name!r} must be non-empty and on one line")
+
+
+def _write_lines(path, lines):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
 def save_servable(model, path, *, class_names, data_config, full_masks=False,
-                  mask_threshold=0.5):
+                  mask_threshold=0.5, keypoint_names=(), skeleton=()):
     """Writes the serving SavedModel of a built model to the new folder `path`.
 
     Args:
@@ -69,16 +118,22 @@ def save_servable(model, path, *, class_names, data_config, full_masks=False,
         data_config: DataConfig, the resizing and normalization the model was trained with.
         full_masks: add the detection_masks_full output.
         mask_threshold: probability at which a pasted full-mask pixel is foreground.
+        keypoint_names: Kp names for a model with the keypoint branch (check_keypoint_schema).
+        skeleton: 1-based (a, b) keypoint pairs.
     """
     with tempfile.TemporaryDirectory() as scratch:
         labels_path = os.path.join(scratch, LABELS_FILE)
-        with open(labels_path, "w", encoding="utf-8") as f:
-            f.write("".join(name + "\n" for name in class_names))
+        _write_lines(labels_path, class_names)
+        keypoints_path = None
+        if keypoint_names:
+            keypoints_path = os.path.join(scratch, KEYPOINTS_FILE)
+            _write_lines(keypoints_path, keypoint_names)
         d = data_config
         serving = ServingModule(model, class_names=class_names, min_size=d.min_size,
                                 max_size=d.max_size, pad_size=d.pad_size, mean=d.mean, std=d.std,
-                                full_masks=full_masks, mask_threshold=mask_threshold)
-        root, signatures = serving.saveable(labels_path)
+                                full_masks=full_masks, mask_threshold=mask_threshold,
+                                keypoint_names=keypoint_names, skeleton=skeleton)
+        root, signatures = serving.saveable(labels_path, keypoints_path)
         tf.saved_model.save(root, path, signatures=signatures)
     write_warmup_file(path, warmup_requests())
 
@@ -87,8 +142,9 @@ def export_saved_model(config, export_base, *, model_dir=None, weights=None, ver
                        overwrite=False, full_masks=False):
     """Builds the model of `config`, loads its weights and writes export_base/<version>/.
 
-    Class names come from the categories of data.train.annotations (else data.val), as for
-    `mask-rcnn predict`. The version is checked before the model is built, so a refused export
+    Class names, and for a model with the keypoint branch keypoint names and skeleton, come from
+    the categories of data.train.annotations (else data.val), as for `mask-rcnn predict`. The
+    version is checked before the model is built, so a refused export
     costs nothing; the folder appears atomically (export/versions.py).
 
     Args:
@@ -105,19 +161,23 @@ def export_saved_model(config, export_base, *, model_dir=None, weights=None, ver
 
     Raises:
         FileExistsError: the version exists and overwrite is False.
-        ValueError, FileNotFoundError: bad version, class names, config or weights.
+        ValueError, FileNotFoundError: bad version, class or keypoint names, config or weights.
     """
     version = resolve_version(export_base, version, overwrite)
-    class_names = check_class_names([name for _, name in load_categories(config.data)],
-                                    config.model.num_classes,
-                                    config.data.train.annotations or config.data.val.annotations)
+    schema = load_label_schema(config.data)
+    class_names = check_class_names([name for _, name in schema.categories],
+                                    config.model.num_classes, schema.annotations_path)
+    keypoint_names, skeleton = check_keypoint_schema(
+        schema.keypoint_names, schema.skeleton, config.model.keypoints.num_keypoints,
+        schema.annotations_path)
     model = build_model(config.model, image_size=config.data.pad_size)
     loaded = load_model_weights(model, model_dir=model_dir, weights=weights)
     path = publish_version(
         export_base, version,
         lambda temp: save_servable(model, temp, class_names=class_names, data_config=config.data,
                                    full_masks=full_masks,
-                                   mask_threshold=config.eval.mask_threshold),
+                                   mask_threshold=config.eval.mask_threshold,
+                                   keypoint_names=keypoint_names, skeleton=skeleton),
         overwrite=overwrite)
     logger.info("exported weights %s to %s", loaded, path)
     return path

@@ -3,7 +3,7 @@ that take what a client has (encoded image files or uint8 pixels) and return det
 that client's image pixels.
 
 Signatures (B images per request, N = roi_heads.detections_per_image, M = 28 the mask side,
-K object classes, Hc x Wc the largest image of the request):
+K object classes, Kp keypoints, S skeleton limbs, Hc x Wc the largest image of the request):
 
     serving_default   inputs:  images       string [B]  encoded JPEG / PNG (GIF, BMP), any sizes
     serving_tensor    inputs:  images       uint8 [B, H, W, 3]  RGB
@@ -17,9 +17,18 @@ K object classes, Hc x Wc the largest image of the request):
                        detection_masks_full uint8 [B, N, Hc, Wc]  (only when exported with
                                             full masks) 0 / 1, pasted into each image, zero
                                             beyond that image's (h, w)
+                       detection_keypoints  float32 [B, N, Kp, 3]  (only for a model with the
+                                            keypoint branch) (x, y, score): x, y pixels of the
+                                            original image in COCO's pixel-index frame (pixel
+                                            i's centre at i), not clipped; score the heatmap's
+                                            maximum logit
     metadata          inputs:  unused       int32 [B]  ignored (TF Serving's Predict needs an
                                             input); send e.g. [0]
-                      outputs: class_names  string [B, K]  name of class 1 first, per row
+                      outputs: class_names     string [B, K]  name of class 1 first, per row
+                               keypoint_names  string [B, Kp]  (with the keypoint branch)
+                               skeleton        int32 [B, S, 2]  (with the keypoint branch)
+                                               limbs as 1-based keypoint pairs (COCO's
+                                               `skeleton`)
 
 Rows from num_detections[b] on are zero in every per-detection output. The 28 x 28 masks cover
 the unclipped box, which differs from the clipped detection_boxes only for boxes reaching past
@@ -31,12 +40,14 @@ import tensorflow as tf
 
 from mask_rcnn_tf.data.pipeline import preprocess_image
 from mask_rcnn_tf.export import postprocess
+from mask_rcnn_tf.ops import keypoint_ops
 from mask_rcnn_tf.ops.box_ops import clip_boxes
 
 SERVING_DEFAULT = "serving_default"
 SERVING_TENSOR = "serving_tensor"
 METADATA = "metadata"
 LABELS_FILE = "labels.txt"
+KEYPOINTS_FILE = "keypoints.txt"
 
 _ENCODED_SPEC = tf.TensorSpec([None], tf.string, name="images")
 _PIXELS_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
@@ -52,6 +63,9 @@ class ServingModule:
     Args:
         model: a built MaskRCNN (call(..., training=False) returns detections).
         class_names: K names, class 1 first.
+        keypoint_names: Kp names, one per keypoint of the model's keypoint branch; () for a
+            model without it.
+        skeleton: 1-based (a, b) keypoint pairs (COCO's `skeleton`).
         min_size, max_size, pad_size, mean, std: the resizing and normalization the model was
             trained with (data config).
         full_masks: add the detection_masks_full output.
@@ -59,16 +73,22 @@ class ServingModule:
     """
 
     def __init__(self, model, *, class_names, min_size, max_size, pad_size, mean, std,
-                 full_masks=False, mask_threshold=0.5):
+                 full_masks=False, mask_threshold=0.5, keypoint_names=(), skeleton=()):
         self.model = model
         self.class_names = tuple(class_names)
+        num_keypoints = 0 if model.keypoint_head is None else model.keypoint_head.num_keypoints
+        if len(keypoint_names) != num_keypoints:
+            raise ValueError(f"ServingModule: the model predicts {num_keypoints} keypoints, "
+                             f"got {len(keypoint_names)} keypoint_names")
+        self.keypoint_names = tuple(keypoint_names)
+        self.skeleton = tuple(tuple(limb) for limb in skeleton)
         self.pad_size = int(pad_size)
         self.preprocess_args = dict(min_size=min_size, max_size=max_size, pad_size=self.pad_size,
                                     mean=tuple(mean), std=tuple(std))
         self.full_masks = bool(full_masks)
         self.mask_threshold = float(mask_threshold)
 
-    def saveable(self, labels_path):
+    def saveable(self, labels_path, keypoints_path=None):
         """The object and signatures to pass to tf.saved_model.save.
 
         The object graph holds the model's tf.Variables, not the Keras model: Keras 3 gives
@@ -80,6 +100,8 @@ class ServingModule:
 
         Args:
             labels_path: a file holding class_names one per line; saved as assets/labels.txt.
+            keypoints_path: a file holding keypoint_names one per line, saved as
+                assets/keypoints.txt; None for a model without keypoints.
 
         Returns:
             (tf.Module, {signature key: concrete function}).
@@ -87,6 +109,8 @@ class ServingModule:
         root = tf.Module(name="mask_rcnn_serving")
         root.model_variables = [v.value for v in self.model.variables]
         root.labels = tf.saved_model.Asset(labels_path)
+        if keypoints_path is not None:
+            root.keypoint_labels = tf.saved_model.Asset(keypoints_path)
         root.detect_encoded = tf.function(self.detect_encoded, input_signature=[_ENCODED_SPEC])
         root.detect_pixels = tf.function(self.detect_pixels, input_signature=[_PIXELS_SPEC])
         root.metadata = tf.function(self.metadata, input_signature=[_UNUSED_SPEC])
@@ -109,12 +133,22 @@ class ServingModule:
             return self._detect(tf.identity(images), decode=False)
 
     def metadata(self, unused):
-        """Class names, one row per request row: unused int32 [B] only sets B; returns
-        {"class_names": string [B, K]}. The batch dimension is there because
-        tensorflow_model_server with --enable_batching batches every signature and rejects
-        outputs whose first dimension is not the batch."""
-        names = tf.constant(self.class_names, tf.string)
-        return {"class_names": tf.tile(names[None], [tf.shape(unused)[0], 1])}
+        """Class names, and keypoint names and skeleton for a model with keypoints, one row per
+        request row: unused int32 [B] only sets B; returns {"class_names": string [B, K]} plus
+        {"keypoint_names": string [B, Kp], "skeleton": int32 [B, S, 2]}. The batch dimension
+        is there because tensorflow_model_server with --enable_batching batches every signature
+        and rejects outputs whose first dimension is not the batch."""
+        rows = tf.shape(unused)[0]
+
+        def per_row(value):
+            return tf.tile(value[None], [rows] + [1] * value.shape.rank)
+
+        outputs = {"class_names": per_row(tf.constant(self.class_names, tf.string))}
+        if self.keypoint_names:
+            outputs["keypoint_names"] = per_row(tf.constant(self.keypoint_names, tf.string))
+            outputs["skeleton"] = per_row(tf.reshape(tf.constant(self.skeleton, tf.int32),
+                                                     [-1, 2]))
+        return outputs
 
     def _prepare(self, image, decode):
         """One image (encoded string scalar, or uint8 [h, w, 3]) -> model input parts."""
@@ -150,4 +184,8 @@ class ServingModule:
         if self.full_masks:
             outputs["detection_masks_full"] = postprocess.full_image_masks(
                 masks, boxes, image_sizes, self.mask_threshold)
+        if self.keypoint_names:
+            keypoints = keypoint_ops.keypoints_to_original_frame(
+                detections["detection_keypoints"], scales)
+            outputs["detection_keypoints"] = tf.where(valid[:, :, None, None], keypoints, 0.0)
         return outputs

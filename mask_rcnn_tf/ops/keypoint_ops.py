@@ -12,6 +12,7 @@ and of the mask targets, and positions are flattened row-major: index = i * S + 
 Shapes: B images, M gt rows, R RoIs, N detections, K keypoints, S heatmap side.
 """
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -152,3 +153,28 @@ def flip_keypoints(keypoints, image_width, flip_map):
                          f"have K = {keypoints.shape[-2]}")
     x, y, visibility = tf.unstack(tf.gather(keypoints, flip_map, axis=-2), axis=-1)
     return tf.stack([tf.cast(image_width, tf.float32) - x, y, visibility], axis=-1)
+
+
+# Which of (x, y, score) are coordinates: they are rescaled and shifted, the score is not.
+_XY = np.array([1.0, 1.0, 0.0], np.float32)
+
+
+def keypoints_to_original_frame(keypoints, scales):
+    """Moves keypoints from the model's frame to COCO's pixel-index frame of the original image.
+
+    The model gives continuous pixels of the resized input (pixel i spans [i, i + 1)); COCO
+    results, evaluation and serving clients put pixel i's centre at i: x / scale - 0.5. Plain
+    arithmetic, so the same definition runs on NumPy arrays (evaluation) and tensors (the
+    serving graph).
+
+    Args:
+        keypoints: float [B, N, Kp, 3] (x, y, score), x and y continuous pixels of the resized
+            input.
+        scales: float [B], resized size = original size * scale.
+
+    Returns:
+        float [B, N, Kp, 3] (x, y, score), x and y pixel indices of the original image; the
+        score unchanged.
+    """
+    divisor = scales[:, None, None, None] * _XY + (1.0 - _XY)
+    return keypoints / divisor - 0.5 * _XY

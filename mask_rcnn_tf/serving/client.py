@@ -15,7 +15,13 @@ exponential backoff; every other failure raises at once, as a ServingError subcl
 The channel's message-size limits are raised to `max_message_mb`, since a batch of images or of
 full-image masks is far over gRPC's default 4 MB.
 
-Shapes: B images in a request, N detection slots per image, M mask side, h x w one image.
+Keypoints. A model exported with the keypoint branch also returns detection_keypoints; each
+Detection then carries its keypoints (x, y, score) in the original image's pixels, in COCO's
+pixel-index frame (pixel i's centre at i), and their names: `named_keypoints()` gives
+{name: (x, y, score)}; `keypoint_names()` and `skeleton()` give the model's names and limbs.
+
+Shapes: B images in a request, N detection slots per image, M mask side, Kp keypoints, S skeleton
+limbs, h x w one image.
 """
 
 import dataclasses
@@ -39,10 +45,13 @@ DEFAULT_SIGNATURE = "serving_default"
 TENSOR_SIGNATURE = "serving_tensor"
 INPUT_ALIAS = "images"
 # The export's signature for class names (mask_rcnn_tf/export/serving_module.py): a dummy int32
-# [n] input, since TF Serving's Predict needs one, and a string [K] output, class 1 first.
+# [n] input, since TF Serving's Predict needs one, and a string [n, K] output, class 1 first;
+# with keypoints also string [n, Kp] names and int32 [n, S, 2] limbs (1-based keypoint pairs).
 CLASS_NAMES_SIGNATURE = "metadata"
 CLASS_NAMES_INPUT = "unused"
 CLASS_NAMES_OUTPUT = "class_names"
+KEYPOINT_NAMES_OUTPUT = "keypoint_names"
+SKELETON_OUTPUT = "skeleton"
 
 _BACKOFF_CAP_SECONDS = 4.0
 
@@ -60,6 +69,11 @@ class Detection:
         score: float in [0, 1].
         box: float32 [4], [y1, x1, y2, x2], pixels of the original image.
         mask: bool [h, w], the instance's pixels in the original image.
+        keypoints: float32 [Kp, 3] (x, y, score), x and y pixels of the original image in
+            COCO's pixel-index frame (pixel i's centre at i), score the heatmap's maximum logit
+            (its level carries no meaning across models); None for a model without keypoints.
+        keypoint_names: tuple of Kp str, the names of the rows of `keypoints`; None when the
+            model has no keypoints or gives no names.
     """
 
     class_id: int
@@ -67,6 +81,17 @@ class Detection:
     score: float
     box: np.ndarray
     mask: np.ndarray
+    keypoints: np.ndarray | None = None
+    keypoint_names: tuple | None = None
+
+    def named_keypoints(self):
+        """{keypoint name: (x, y, score)} in the model's keypoint order (floats, frame as in
+        `keypoints`), e.g. `detection.named_keypoints()["head"]`; None without keypoints or
+        names."""
+        if self.keypoints is None or self.keypoint_names is None:
+            return None
+        return {name: tuple(float(v) for v in point)
+                for name, point in zip(self.keypoint_names, self.keypoints)}
 
 
 class MaskRCNNClient:
@@ -109,8 +134,7 @@ class MaskRCNNClient:
             ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)])
         self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
-        self._class_names = None
-        self._class_names_known = False
+        self._cached_names = None
 
     def close(self):
         """Closes the channel; calls after this fail."""
@@ -140,8 +164,10 @@ class MaskRCNNClient:
         results = []
         for outputs in self._predict_batches(images):
             class_names = self.class_names()
+            keypoint_names = self.keypoint_names()
             for index in range(len(outputs["num_detections"])):
-                results.append(self._detections(outputs, index, class_names, min_score))
+                results.append(self._detections(outputs, index, class_names, keypoint_names,
+                                                min_score))
         return results
 
     def predict_outputs(self, images):
@@ -171,22 +197,44 @@ class MaskRCNNClient:
         cannot run it (FAILED_PRECONDITION: e.g. batching that needs a batch dimension on every
         output), gives None with a logged warning: detections then carry class ids only.
         """
-        if not self._class_names_known:
+        return self._names()[CLASS_NAMES_OUTPUT]
+
+    def keypoint_names(self):
+        """The model's Kp keypoint names (list of str, in the order of Detection.keypoints), or
+        None for a model without keypoints or without names to give (cached; read with the
+        class names, see class_names())."""
+        return self._names()[KEYPOINT_NAMES_OUTPUT]
+
+    def skeleton(self):
+        """The model's limbs, a list of 1-based (a, b) keypoint pairs as COCO's `skeleton`, or
+        None for a model without keypoints or without names to give (cached; read with the
+        class names, see class_names())."""
+        return self._names()[SKELETON_OUTPUT]
+
+    def _names(self):
+        """{CLASS_NAMES_OUTPUT, KEYPOINT_NAMES_OUTPUT, SKELETON_OUTPUT: value or None}, from one
+        call of the metadata signature, made on first use."""
+        if self._cached_names is None:
             request = self._predict_request(CLASS_NAMES_SIGNATURE)
             request.inputs[CLASS_NAMES_INPUT].CopyFrom(make_tensor_proto(np.zeros([1], np.int32)))
+            names = dict.fromkeys((CLASS_NAMES_OUTPUT, KEYPOINT_NAMES_OUTPUT, SKELETON_OUTPUT))
             try:
                 response = self._call(self._predict_stub.Predict, request, "Predict")
             except ServingError as err:
                 if err.code != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
-                logger.warning("no class names: %s", err)
-                self._class_names = None
+                logger.warning("no class or keypoint names: %s", err)
             else:
-                # [1, K]: one row per request row.
-                names = make_ndarray(response.outputs[CLASS_NAMES_OUTPUT]).reshape(-1)
-                self._class_names = [name.decode("utf-8") for name in names]
-            self._class_names_known = True
-        return self._class_names
+                # Row 0 of [1, ...]: one row per request row.
+                outputs = {name: make_ndarray(proto) for name, proto in response.outputs.items()}
+                for key in (CLASS_NAMES_OUTPUT, KEYPOINT_NAMES_OUTPUT):
+                    if key in outputs:
+                        names[key] = [name.decode("utf-8") for name in outputs[key].reshape(-1)]
+                if SKELETON_OUTPUT in outputs:
+                    names[SKELETON_OUTPUT] = [(int(a), int(b)) for a, b in
+                                              outputs[SKELETON_OUTPUT].reshape(-1, 2)]
+            self._cached_names = names
+        return self._cached_names
 
     def metadata(self):
         """The model's signatures, from GetModelMetadata.
@@ -319,9 +367,12 @@ class MaskRCNNClient:
             response = self._call(self._predict_stub.Predict, request, "Predict")
             yield {name: make_ndarray(proto) for name, proto in response.outputs.items()}
 
-    def _detections(self, outputs, index, class_names, min_score):
+    def _detections(self, outputs, index, class_names, keypoint_names, min_score):
         height, width = (int(v) for v in outputs["image_sizes"][index])
         full_masks = outputs.get("detection_masks_full")
+        keypoints = outputs.get("detection_keypoints")
+        if keypoint_names is not None:
+            keypoint_names = tuple(keypoint_names)
         detections = []
         for slot in range(int(outputs["num_detections"][index])):
             score = float(outputs["detection_scores"][index, slot])
@@ -337,7 +388,11 @@ class MaskRCNNClient:
             name = None
             if class_names is not None and 1 <= class_id <= len(class_names):
                 name = class_names[class_id - 1]
-            detections.append(Detection(class_id, name, score, box, mask))
+            points = None
+            if keypoints is not None:
+                points = np.asarray(keypoints[index, slot], np.float32)
+            detections.append(Detection(class_id, name, score, box, mask, points,
+                                        keypoint_names if points is not None else None))
         return detections
 
     def _call(self, method, request, name, timeout=None, retries=None):

@@ -24,11 +24,11 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from mask_rcnn_tf import cli
 from mask_rcnn_tf.config import load_config
-from mask_rcnn_tf.data.pipeline import preprocess_image
 from mask_rcnn_tf.data.shapes import CATEGORIES, make_shapes
 from mask_rcnn_tf.export.saved_model import check_class_names, export_saved_model
 from mask_rcnn_tf.modeling.factory import build_model
 from mask_rcnn_tf.ops.mask_ops import paste_masks_numpy
+from tests.export.helpers import encode_png, noise_images, resize_scale, run_model
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "shapes.yaml"
 SIZE = 64
@@ -41,21 +41,9 @@ IMAGE_SIZES = [(40, 60), (64, 64), (90, 50), (33, 77), (128, 96), (17, 23), (200
 SAVED_MODEL_CLI = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
 
 
-def _png(image):
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _images():
     """uint8 RGB noise images with a bright rectangle, of the sizes in IMAGE_SIZES."""
-    rng = np.random.default_rng(3)
-    images = []
-    for height, width in IMAGE_SIZES:
-        image = rng.integers(0, 120, (height, width, 3), dtype=np.uint8)
-        image[height // 4: 3 * height // 4, width // 3: 2 * width // 3] = (250, 200, 30)
-        images.append(image)
-    return images
+    return noise_images(IMAGE_SIZES)
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +71,8 @@ def setup(tmp_path_factory):
 
 def _reference(model, images):
     """In-process detections, boxes in original pixels computed here with NumPy."""
-    padded, resized, scales = [], [], []
-    for image in images:
-        height, width = image.shape[:2]
-        scales.append(min(SIZE / min(height, width), SIZE / max(height, width)))
-        image, resized_size, _ = preprocess_image(image, min_size=SIZE, max_size=SIZE,
-                                                  pad_size=SIZE)
-        padded.append(image)
-        resized.append(tf.cast(resized_size, tf.float32))
-    outputs = model({"images": tf.stack(padded), "image_sizes": tf.stack(resized)},
-                    training=False)
-    outputs = {key: value.numpy() for key, value in outputs.items()}
+    outputs = run_model(model, images, SIZE)
+    scales = [resize_scale(*image.shape[:2], size=SIZE) for image in images]
     unclipped = outputs["detection_boxes"].astype(np.float64) / np.array(scales)[:, None, None]
     limits = np.array([[h, w, h, w] for h, w in (image.shape[:2] for image in images)])
     outputs["unclipped_boxes"] = unclipped
@@ -172,11 +151,11 @@ def test_saved_model_cli_show_lists_the_signatures(setup):
     assert "Method name is: tensorflow/serving/predict" in result.stdout
 
 
-def test_saved_model_cli_run_on_one_png(setup, tmp_path):
+def test_saved_model_cli_run_on_oneencode_png(setup, tmp_path):
     # saved_model_cli run loads the model into a TF1 session, as tensorflow_model_server does;
     # a SavedModel can load with tf.saved_model.load and still fail there (serving_module.py).
     image = _images()[0]
-    np.save(tmp_path / "images.npy", np.array([_png(image)]))
+    np.save(tmp_path / "images.npy", np.array([encode_png(image)]))
     outdir = tmp_path / "out"
     _saved_model_cli("run", "--dir", setup["export_dir"], "--tag_set", "serve",
                      "--signature_def", "serving_default",
@@ -191,7 +170,7 @@ def test_saved_model_cli_run_on_one_png(setup, tmp_path):
 def test_ten_images_of_different_sizes_match_the_keras_model(setup):
     images = _images()
     served = setup["loaded"].signatures["serving_default"](
-        images=tf.constant([_png(image) for image in images]))
+        images=tf.constant([encode_png(image) for image in images]))
     served = {key: value.numpy() for key, value in served.items()}
     reference = _reference(setup["model"], images)
     counts = reference["num_detections"]
@@ -223,7 +202,7 @@ def test_pixels_signature_matches_encoded_signature(setup):
     images[1] = images[1][::-1].copy()
     signatures = setup["loaded"].signatures
     from_pixels = signatures["serving_tensor"](images=tf.constant(np.stack(images)))
-    from_files = signatures["serving_default"](images=tf.constant([_png(i) for i in images]))
+    from_files = signatures["serving_default"](images=tf.constant([encode_png(i) for i in images]))
     for key, value in from_files.items():
         np.testing.assert_array_equal(from_pixels[key].numpy(), value.numpy(), err_msg=key)
     reference = _reference(setup["model"], images)
@@ -236,7 +215,7 @@ def test_jpeg_decodes_in_the_graph(setup):
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=95)
     signatures = setup["loaded"].signatures
-    served = signatures["serving_default"](images=tf.constant([buffer.getvalue(), _png(image)]))
+    served = signatures["serving_default"](images=tf.constant([buffer.getvalue(), encode_png(image)]))
     np.testing.assert_array_equal(served["image_sizes"].numpy(), [image.shape[:2]] * 2)
     decoded = tf.io.decode_jpeg(buffer.getvalue()).numpy()
     from_pixels = signatures["serving_tensor"](images=tf.constant(decoded[None]))
