@@ -4,7 +4,8 @@ The client needs no model code: `from mask_rcnn_tf.serving import MaskRCNNClient
 module loads SavedModels with TensorFlow and is imported only by `mask-rcnn serve` and tests.
 """
 
-from mask_rcnn_tf.serving.client import Detection, MaskRCNNClient
+from mask_rcnn_tf.serving.client import MaskRCNNClient
+from mask_rcnn_tf.serving.detections import Detection
 from mask_rcnn_tf.serving.errors import (DeadlineExceededError, InvalidRequestError,
                                          ModelNotFoundError, ResourceExhaustedError,
                                          ServerUnavailableError, ServingError,

@@ -24,7 +24,6 @@ Shapes: B images in a request, N detection slots per image, M mask side, Kp keyp
 limbs, h x w one image.
 """
 
-import dataclasses
 import logging
 import os
 import random
@@ -36,9 +35,9 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from mask_rcnn_tf.serving.detections import detections_from_outputs
 from mask_rcnn_tf.serving.errors import DeadlineExceededError, ServingError, error_from_rpc
 from mask_rcnn_tf.serving.images import encode_image, image_pixels
-from mask_rcnn_tf.serving.masks import paste_mask
 from mask_rcnn_tf.serving.tensors import dtype_name, make_ndarray, make_tensor_proto, shape_of
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -56,42 +55,6 @@ SKELETON_OUTPUT = "skeleton"
 _BACKOFF_CAP_SECONDS = 4.0
 
 logger = logging.getLogger("mask_rcnn_tf.serving")
-
-
-# eq=False: fields hold arrays, which have no single truth value for ==.
-@dataclasses.dataclass(frozen=True, eq=False)
-class Detection:
-    """One detected instance.
-
-    Attributes:
-        class_id: int, 1..K.
-        class_name: str, or None when the model carries no class names.
-        score: float in [0, 1].
-        box: float32 [4], [y1, x1, y2, x2], pixels of the original image.
-        mask: bool [h, w], the instance's pixels in the original image.
-        keypoints: float32 [Kp, 3] (x, y, score), x and y pixels of the original image in
-            COCO's pixel-index frame (pixel i's centre at i), score the heatmap's maximum logit
-            (its level carries no meaning across models); None for a model without keypoints.
-        keypoint_names: tuple of Kp str, the names of the rows of `keypoints`; None when the
-            model has no keypoints or gives no names.
-    """
-
-    class_id: int
-    class_name: str | None
-    score: float
-    box: np.ndarray
-    mask: np.ndarray
-    keypoints: np.ndarray | None = None
-    keypoint_names: tuple | None = None
-
-    def named_keypoints(self):
-        """{keypoint name: (x, y, score)} in the model's keypoint order (floats, frame as in
-        `keypoints`), e.g. `detection.named_keypoints()["head"]`; None without keypoints or
-        names."""
-        if self.keypoints is None or self.keypoint_names is None:
-            return None
-        return {name: tuple(float(v) for v in point)
-                for name, point in zip(self.keypoint_names, self.keypoints)}
 
 
 class MaskRCNNClient:
@@ -166,8 +129,8 @@ class MaskRCNNClient:
             class_names = self.class_names()
             keypoint_names = self.keypoint_names()
             for index in range(len(outputs["num_detections"])):
-                results.append(self._detections(outputs, index, class_names, keypoint_names,
-                                                min_score))
+                results.append(detections_from_outputs(
+                    outputs, index, class_names, keypoint_names, min_score, self.mask_threshold))
         return results
 
     def predict_outputs(self, images):
@@ -366,34 +329,6 @@ class MaskRCNNClient:
             request.inputs[INPUT_ALIAS].CopyFrom(make_tensor_proto(tensor))
             response = self._call(self._predict_stub.Predict, request, "Predict")
             yield {name: make_ndarray(proto) for name, proto in response.outputs.items()}
-
-    def _detections(self, outputs, index, class_names, keypoint_names, min_score):
-        height, width = (int(v) for v in outputs["image_sizes"][index])
-        full_masks = outputs.get("detection_masks_full")
-        keypoints = outputs.get("detection_keypoints")
-        if keypoint_names is not None:
-            keypoint_names = tuple(keypoint_names)
-        detections = []
-        for slot in range(int(outputs["num_detections"][index])):
-            score = float(outputs["detection_scores"][index, slot])
-            if score < min_score:
-                continue
-            class_id = int(outputs["detection_classes"][index, slot])
-            box = np.asarray(outputs["detection_boxes"][index, slot], np.float32)
-            if full_masks is not None:
-                mask = full_masks[index, slot, :height, :width] > 0
-            else:
-                mask = paste_mask(outputs["detection_masks"][index, slot], box,
-                                  (height, width)) >= self.mask_threshold
-            name = None
-            if class_names is not None and 1 <= class_id <= len(class_names):
-                name = class_names[class_id - 1]
-            points = None
-            if keypoints is not None:
-                points = np.asarray(keypoints[index, slot], np.float32)
-            detections.append(Detection(class_id, name, score, box, mask, points,
-                                        keypoint_names if points is not None else None))
-        return detections
 
     def _call(self, method, request, name, timeout=None, retries=None):
         """Calls a stub method with a deadline, retrying UNAVAILABLE with backoff."""
