@@ -16,6 +16,8 @@ Kernel layouts: a Conv2D kernel [k, k, C_in, C_out] is torch's [C_out, C_in, k, 
 import keras
 import tensorflow as tf
 
+from mask_rcnn_tf.layers.roi_fcn import RoIFCNHead
+
 # torchvision's init: kaiming_normal_(mode="fan_out", nonlinearity="relu"), zero bias. Keras
 # counts a transposed kernel's fan_out over its input channels, as torch does.
 _KAIMING_FAN_OUT = {"class_name": "VarianceScaling",
@@ -24,7 +26,7 @@ _KAIMING_FAN_OUT = {"class_name": "VarianceScaling",
 
 
 @keras.saving.register_keras_serializable(package="mask_rcnn_tf")
-class KeypointHead(keras.layers.Layer):
+class KeypointHead(RoIFCNHead):
     """num_convs x (3x3 conv + ReLU) -> 4x4 stride-2 transposed conv -> 2x bilinear upsampling.
 
     The transposed conv is torch's ConvTranspose2d(C, K, 4, stride=2, padding=1): output pixel
@@ -40,27 +42,16 @@ class KeypointHead(keras.layers.Layer):
     """
 
     def __init__(self, num_keypoints, conv_dim=512, num_convs=8, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(conv_dim, num_convs, conv_name="conv_fcn",
+                         kernel_initializer=_KAIMING_FAN_OUT, **kwargs)
         self.num_keypoints = num_keypoints
-        self.conv_dim = conv_dim
-        self.num_convs = num_convs
-        policy = self.dtype_policy
-        self.convs = [
-            keras.layers.Conv2D(conv_dim, 3, padding="same", activation="relu",
-                                kernel_initializer=keras.initializers.get(_KAIMING_FAN_OUT),
-                                dtype=policy, name=f"conv_fcn{i + 1}")
-            for i in range(num_convs)
-        ]
         self.kps_score_lowres = keras.layers.Conv2DTranspose(
             num_keypoints, 4, strides=2, padding="same",
-            kernel_initializer=keras.initializers.get(_KAIMING_FAN_OUT), dtype=policy,
+            kernel_initializer=keras.initializers.get(_KAIMING_FAN_OUT), dtype=self.dtype_policy,
             name="kps_score_lowres")
 
     def build(self, input_shape):
-        size, channels = int(input_shape[2]), int(input_shape[4])
-        for conv in self.convs:
-            conv.build((None, size, size, channels))
-            channels = self.conv_dim
+        size, channels = self.build_convs(input_shape)
         self.kps_score_lowres.build((None, size, size, channels))
 
     def call(self, roi_features):
@@ -68,17 +59,12 @@ class KeypointHead(keras.layers.Layer):
 
         Returns: float32 heatmap logits [B, N, 4P, 4P, K].
         """
-        shape = tf.shape(roi_features)
-        size, channels = roi_features.shape[2], roi_features.shape[4]
-        hidden = tf.reshape(roi_features, [-1, size, size, channels])
-        for conv in self.convs:
-            hidden = conv(hidden)
-        low = tf.cast(self.kps_score_lowres(hidden), tf.float32)
+        size = roi_features.shape[2]
+        low = tf.cast(self.kps_score_lowres(self.run_convs(roi_features)), tf.float32)
         logits = tf.image.resize(low, [4 * size, 4 * size], method="bilinear")
-        return tf.reshape(logits, [shape[0], shape[1], 4 * size, 4 * size, self.num_keypoints])
+        return self.per_roi(logits, roi_features)
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_keypoints=self.num_keypoints, conv_dim=self.conv_dim,
-                      num_convs=self.num_convs)
+        config.update(num_keypoints=self.num_keypoints)
         return config
