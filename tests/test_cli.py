@@ -112,7 +112,7 @@ def test_annotation_of_a_missing_image(capsys, tmp_path, data):
     (images / "000002.png").unlink()
     message = _train_fails(capsys, tmp_path, annotations, images)
     assert message == (f"{images / '000002.png'}: image file not found "
-                       f"(image id 2 in {annotations})")
+                       f"(listed in {annotations})")
 
 
 def test_image_that_does_not_decode(capsys, tmp_path, data):

@@ -8,6 +8,7 @@ import keras
 import yaml
 
 from mask_rcnn_tf.config import Config, ConfigError, TrainConfig, to_dict
+from mask_rcnn_tf.data.input_errors import naming_input_errors
 from mask_rcnn_tf.data.inputs import load_split, make_training_input
 from mask_rcnn_tf.io_utils import atomic_path
 from mask_rcnn_tf.modeling.factory import build_model
@@ -119,8 +120,9 @@ def train(config: Config, model_dir: str | Path, verbose: int | str = "auto") ->
             store, log_dir=output_dir / "logs", evaluate_fn=evaluate_fn,
             eval_every_epochs=config.train.eval_every_epochs)
         if initial_epoch < epochs:
-            model.fit(dataset, epochs=epochs, steps_per_epoch=config.train.steps_per_epoch,
-                      initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose)
+            with naming_input_errors(train_data):
+                model.fit(dataset, epochs=epochs, steps_per_epoch=config.train.steps_per_epoch,
+                          initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose)
             callback_lib.raise_if_diverged(callbacks)
         with atomic_path(output_dir / FINAL_WEIGHTS) as tmp:
             model.save_weights(tmp)
