@@ -183,7 +183,8 @@ def run(args):
         metrics = evaluate_model(_load_model(args, config), config.data, dataset,
                                  batch_size=config.eval.batch_size,
                                  mask_threshold=config.eval.mask_threshold,
-                                 keypoint_sigmas=config.eval.keypoint_oks_sigmas)
+                                 keypoint_sigmas=config.eval.keypoint_oks_sigmas,
+                                 backend=config.eval.backend)
         print(json.dumps(metrics, indent=2))
         if args.output:
             atomic_write_json(args.output, metrics)

@@ -138,7 +138,8 @@ def train(config: Config, model_dir: str | Path, verbose: int | str = "auto") ->
         def evaluate_fn():
             return evaluate_model(model, config.data, val_data,
                                   batch_size=config.eval.batch_size, verbose=False,
-                                  keypoint_sigmas=config.eval.keypoint_oks_sigmas)
+                                  keypoint_sigmas=config.eval.keypoint_oks_sigmas,
+                                  backend=config.eval.backend)
 
     with worker_output_dir(model_dir, strategy) as output_dir:
         output_dir = Path(output_dir)
