@@ -132,8 +132,8 @@ class ModelConfig:
 class SplitConfig:
     annotations: str | None = None
     images: str | None = None
-    # Glob of shards written by `mask-rcnn make-tfrecords` ("PREFIX-*", bucket paths too): the
-    # training input streams these instead of reading annotations + images.
+    # Glob of shards written by `mask-rcnn make-tfrecords` ("PREFIX-*", bucket paths too): when
+    # set, the training input streams these instead of reading annotations + images.
     tfrecords: str | None = None
 
 
