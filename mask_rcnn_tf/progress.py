@@ -22,10 +22,13 @@ class Progress:
         stream: where to write (default stderr, so stdout stays the command's result).
         every_seconds: minimum time between lines when the stream is not a terminal.
         enabled: False makes every call a no-op.
+        prefix: names the phase ("checking", "writing") at the start of the line.
     """
 
-    def __init__(self, total, what="images", stream=None, every_seconds=10.0, enabled=True):
+    def __init__(self, total, what="images", stream=None, every_seconds=10.0, enabled=True,
+                 prefix=""):
         self.total, self.what, self.enabled = total, what, enabled
+        self.prefix = f"{prefix}: " if prefix else ""
         self.stream = stream or sys.stderr
         self.every_seconds = every_seconds
         self.done = 0
@@ -39,7 +42,8 @@ class Progress:
 
     def line(self):
         """The current text, e.g. "120/5000 images, 2.1 images/s, 0:38:43 left"."""
-        text = f"{self.done}/{self.total or '?'} {self.what}, {self.rate:.1f} {self.what}/s"
+        text = (f"{self.prefix}{self.done}/{self.total or '?'} {self.what}, "
+                f"{self.rate:.1f} {self.what}/s")
         if self.total and self.done:
             text += f", {_duration((self.total - self.done) / self.rate)} left"
         return text

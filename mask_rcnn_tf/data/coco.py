@@ -296,7 +296,7 @@ def load_coco(annotations_path, images_dir, category_ids=None, verify_images=Tru
     if verify_images:
         items = [(image_path, height, width) for image_path, height, width, _ in images.values()]
         # A progress line only where the check takes a while.
-        progress = Progress(len(items), "images",
+        progress = Progress(len(items), "images", prefix="checking",
                             enabled=len(items) > 10000 or verify_images == "full")
         bad = check_images(items, full_decode=verify_images == "full", workers=workers,
                            progress=progress)

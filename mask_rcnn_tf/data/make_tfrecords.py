@@ -105,7 +105,7 @@ def make_tfrecords(annotations, images_dir, output_prefix, *, num_shards=None, w
                          f"got {num_shards}")
     crowds = _crowd_instances(dataset)
     num_keypoints = len(dataset.keypoint_names)
-    bar = Progress(len(records), "images", enabled=progress)
+    bar = Progress(len(records), "images", enabled=progress, prefix="writing")
     shards, temp_paths = [], []
     try:
         for index in range(num_shards):
