@@ -19,7 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from mask_rcnn_tf.data.image_check import bad_images_error, check_images
+from mask_rcnn_tf.data.image_check import bad_images_error, check_images, is_file, open_file
 from mask_rcnn_tf.progress import Progress
 
 logger = logging.getLogger("mask_rcnn_tf.data")
@@ -177,9 +177,9 @@ def _mask_counts(path, where, segmentation, height, width):
 
 
 def _read_json(path):
-    if not os.path.isfile(path):
+    if not is_file(path):
         raise FileNotFoundError(f"{path}: annotations file not found")
-    with open(path, "rb") as f:
+    with open_file(path) as f:
         text = f.read()
     try:
         data = json.loads(text)
@@ -288,7 +288,7 @@ def load_coco(annotations_path, images_dir, category_ids=None, verify_images=Tru
                                f"got {height!r}, {width!r}")
         image_path = os.path.join(images_dir, _field(path, image, "file_name", where))
         # The check below lists every missing file; without it, stop at the first.
-        if not verify_images and not os.path.isfile(image_path):
+        if not verify_images and not is_file(image_path):
             raise FileNotFoundError(f"{image_path}: image file not found ({where} in {path})")
         images[image_id] = (image_path, height, width, [])
 

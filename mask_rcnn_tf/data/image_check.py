@@ -19,12 +19,22 @@ from PIL import Image, UnidentifiedImageError
 _CHUNK = 64
 
 
-def _open(path):
+def open_file(path):
+    """A binary file object: open() for local paths, tf.io.gfile for URLs (gs://, s3://, ...)."""
     if "://" in path:
         import tensorflow as tf  # only for bucket paths; the worker processes stay light
 
         return tf.io.gfile.GFile(path, "rb")
     return open(path, "rb")
+
+
+def is_file(path):
+    """os.path.isfile, also for tf.io.gfile URLs."""
+    if "://" in path:
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+    return os.path.isfile(path)
 
 
 def check_image(path, height, width, full_decode=False):
@@ -41,7 +51,7 @@ def check_image(path, height, width, full_decode=False):
         "image is 480x640 (h x w) but the annotations file says 640x480").
     """
     try:
-        with _open(path) as f, Image.open(f) as image:
+        with open_file(path) as f, Image.open(f) as image:
             size = image.size
             if full_decode:
                 image.load()

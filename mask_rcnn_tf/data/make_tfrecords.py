@@ -8,6 +8,7 @@ data/tfrecords.py.
 """
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -33,6 +34,17 @@ def _sha256(path):
         while chunk := f.read(1 << 24):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _write_manifest(path, manifest):
+    """atomic_write_json, or for a tf.io.gfile URL a temporary object renamed into place."""
+    if "://" not in path:
+        atomic_write_json(path, manifest)
+        return
+    temp_path = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(temp_path, "w") as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tf.io.gfile.rename(temp_path, path, overwrite=True)
 
 
 def _crowd_instances(dataset):
@@ -146,7 +158,7 @@ def make_tfrecords(annotations, images_dir, output_prefix, *, num_shards=None, w
         "mask_encoding": "uncompressed COCO RLE run lengths (object/mask_runs)",
         "shards": shards,
     }
-    atomic_write_json(manifest_path, manifest)
+    _write_manifest(manifest_path, manifest)
     logger.info("%s: %d images in %d shards", manifest_path, len(records), num_shards)
     return {"manifest": manifest_path, "num_shards": num_shards, "num_images": len(records),
             "num_instances": manifest["num_instances"], "num_crowd": manifest["num_crowd"]}

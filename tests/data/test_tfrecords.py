@@ -190,3 +190,29 @@ def test_truncated_or_corrupted_shard_is_named(shapes_dir, tmp_path):
     with pytest.raises(ValueError, match=f"^{shard}: shard does not read"):
         with naming_input_errors(source):
             list(batches)
+
+
+def test_bucket_paths_through_tf_io_gfile(shapes_dir, tmp_path):
+    """ram:// stands in for gs://: shards written there and read back by glob, and an
+    annotations file + images read from there by the JSON path."""
+    bucket = "ram://bucket15"
+    tf.io.gfile.makedirs(f"{bucket}/images")
+    for name in os.listdir(shapes_dir / "images"):
+        tf.io.gfile.copy(os.fspath(shapes_dir / "images" / name), f"{bucket}/images/{name}",
+                         overwrite=True)
+    tf.io.gfile.copy(os.fspath(shapes_dir / "annotations.json"), f"{bucket}/annotations.json",
+                     overwrite=True)
+    local = load_coco(shapes_dir / "annotations.json", shapes_dir / "images")
+    remote = load_coco(f"{bucket}/annotations.json", f"{bucket}/images")
+    assert [r.path for r in remote.records] == [f"{bucket}/images/{os.path.basename(r.path)}"
+                                                for r in local.records]
+    make_tfrecords(shapes_dir / "annotations.json", shapes_dir / "images", f"{bucket}/s",
+                   num_shards=2, progress=False)
+    shards = open_tfrecords(f"{bucket}/s-*")
+    assert shards.files == [f"{bucket}/s-0000{i}-of-00002.tfrecord" for i in range(2)]
+    ids = {}
+    for source in (remote, shards):
+        batches = build_dataset(source, training=False, **PIPELINE)
+        ids[source is shards] = sorted(int(i) for b in batches.as_numpy_iterator()
+                                       for i in b["image_ids"])
+    assert ids[True] == ids[False] == sorted(r.image_id for r in local.records)
