@@ -100,7 +100,8 @@ def write_dataset(folder, num_images, seed=0):
 def _child(mode):
     """Runs this script in a fresh process in `mode` (see child); returns its JSON result."""
     start = time.time()
-    output = subprocess.run([sys.executable, __file__, "--child", mode, "--start", repr(start)], check=True, capture_output=True, text=True,
+    output = subprocess.run([sys.executable, __file__, "--child", mode, "--start", repr(start)],
+                            check=True, capture_output=True, text=True,
                             env=dict(os.environ, KERAS_BACKEND="tensorflow",
                                      TF_CPP_MIN_LOG_LEVEL="2"))
     return json.loads(output.stdout.strip().splitlines()[-1])

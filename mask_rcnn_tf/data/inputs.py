@@ -41,10 +41,10 @@ def make_training_input(config: DataConfig, dataset: CocoDataset, strategy, *, b
     """The training input of a tf.distribute run: batches of `batch_size` images per replica.
 
     Each input pipeline (one per worker) reads its own shard of the images, `records[i::n]`
-    (from TFRecords: its own shard files, `files[i::n]`), shuffled with `seed + i`; the strategy hands consecutive batches of a pipeline to that
-    worker's replicas. So no image appears twice in a global step, and with one worker
-    (one_device, mirrored) the replicas see exactly the image order of a one-device run, split
-    into per-replica batches. Under the default strategy this is `make_dataset` itself.
+    (from TFRecords: its own shard files, `files[i::n]`), shuffled with `seed + i`; the
+    strategy hands consecutive batches of a pipeline to that worker's replicas. So no image
+    appears twice in a global step, and with one worker (one_device, mirrored) the replicas see
+    exactly the image order of a one-device run, split into per-replica batches. Under the default strategy this is `make_dataset` itself.
 
     Args:
         config: the data section.

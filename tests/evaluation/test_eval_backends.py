@@ -20,7 +20,8 @@ def _detections(dataset, rng):
         n = len(record.boxes)
         boxes = np.zeros([1, SLOTS, 4], np.float32)
         size = np.array([record.height, record.width] * 2, np.float32)
-        jitter = rng.uniform(-0.2, 0.2, [n, 4]) * np.tile(record.boxes[:, 2:] - record.boxes[:, :2], 2)
+        sides = record.boxes[:, 2:] - record.boxes[:, :2]
+        jitter = rng.uniform(-0.2, 0.2, [n, 4]) * np.tile(sides, 2)
         boxes[0, :n] = np.clip(record.boxes + jitter, 0, size)
         extra = np.sort(rng.uniform(0, 1, [SLOTS - n, 2, 2]), axis=1).reshape(-1, 4) * size
         boxes[0, n:] = extra[:, [0, 2, 1, 3]]
