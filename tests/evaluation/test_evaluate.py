@@ -11,6 +11,7 @@ MASK_RCNN_REGENERATE=1 and say why in the commit.
 
 import json
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from mask_rcnn_tf.config import load_config
 from mask_rcnn_tf.data.coco import load_coco
 from mask_rcnn_tf.data.shapes import make_shapes
 from mask_rcnn_tf.evaluation.coco_eval import CocoEvaluator
-from mask_rcnn_tf.evaluation.evaluate import predict_dataset
+from mask_rcnn_tf.evaluation.evaluate import evaluate_model, predict_dataset
 from mask_rcnn_tf.modeling.factory import build_model
 
 CONFIG = Path(__file__).parents[2] / "configs" / "shapes.yaml"
@@ -98,3 +99,18 @@ def test_fixed_model_gives_the_stored_detections_and_metrics(fixed, capsys):
         for name, value in stats.items():
             assert observed["metrics"][iou_type][name] == pytest.approx(value, abs=1e-4), \
                 (iou_type, name)
+
+
+def test_evaluate_model_logs_the_time_split_and_scores_with_either_backend(fixed, caplog):
+    config, model, dataset = fixed
+    pytest.importorskip("faster_coco_eval")
+    with caplog.at_level("INFO", logger="mask_rcnn_tf.evaluation"):
+        metrics = evaluate_model(model, config.data, dataset, batch_size=3, verbose=False,
+                                 backend="faster_coco_eval")
+    expected = json.loads(EXPECTED.read_text())["metrics"]
+    assert sorted(metrics) == sorted(expected) == ["bbox", "segm"]
+    for iou_type, stats in expected.items():
+        assert metrics[iou_type] == pytest.approx(stats, abs=1e-4)
+    assert re.search(r"^3 images: model and input [0-9.]+ s, metric \(faster_coco_eval\) "
+                     r"[0-9.]+ s$", caplog.records[-1].getMessage())
+
