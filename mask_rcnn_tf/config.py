@@ -133,7 +133,8 @@ class SplitConfig:
     annotations: str | None = None
     images: str | None = None
     # Glob of shards written by `mask-rcnn make-tfrecords` ("PREFIX-*", bucket paths too): when
-    # set, the training input streams these instead of reading annotations + images.
+    # set, the input streams these instead of reading annotations + images (evaluation still
+    # reads `annotations` for the ground truth).
     tfrecords: str | None = None
 
 
@@ -365,7 +366,6 @@ def validate(config: Config) -> None:
         (m.roi_heads.sampling_ratio >= 1, "model.roi_heads.sampling_ratio must be >= 1"),
         (m.keypoints.num_keypoints == 0 or (len(d.keypoint_flip_map) == len(config.eval.keypoint_oks_sigmas) == m.keypoints.num_keypoints), f"data.keypoint_flip_map and eval.keypoint_oks_sigmas need one entry per keypoint ({m.keypoints.num_keypoints}), got {len(d.keypoint_flip_map)} and {len(config.eval.keypoint_oks_sigmas)}"),
         (sorted(d.keypoint_flip_map) == list(range(len(d.keypoint_flip_map))), f"data.keypoint_flip_map must be a permutation of 0..K-1, got {list(d.keypoint_flip_map)}"),
-        (d.val.tfrecords is None, "data.val.tfrecords is not supported: evaluation reads data.val.annotations (pycocotools needs the file) and data.val.images"),
         (d.service_address is None or ":" in d.service_address, f"data.service_address must be HOST:PORT of a tf.data service dispatcher, got {d.service_address!r}"),
         (len(d.mean) == 3 and len(d.std) == 3, "data.mean and data.std need 3 values (RGB)"),
         (0 < d.min_size <= d.max_size, f"data.min_size ({d.min_size}) must be positive and <= data.max_size ({d.max_size})"),

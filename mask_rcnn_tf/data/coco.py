@@ -80,6 +80,11 @@ class CocoDataset:
         """Number of foreground classes K."""
         return len(self.categories)
 
+    @property
+    def num_images(self):
+        """Number of images (records)."""
+        return len(self.records)
+
 
 def _error(path, message):
     return ValueError(f"{path}: {message}")
@@ -314,12 +319,25 @@ def load_coco(annotations_path, images_dir, category_ids=None, verify_images=Tru
                 sum(len(r.classes) for r in records), skipped["crowd"], skipped["degenerate"],
                 skipped["other category"])
 
+    return CocoDataset(categories=categories, records=records, coco=_coco_index(data),
+                       annotations_path=path, keypoint_names=keypoint_names, skeleton=skeleton)
+
+
+def _coco_index(data):
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
         coco.createIndex()
-    return CocoDataset(categories=categories, records=records, coco=coco, annotations_path=path,
-                       keypoint_names=keypoint_names, skeleton=skeleton)
+    return coco
+
+
+def load_ground_truth(annotations_path):
+    """(pycocotools COCO, categories) of an annotations file, for evaluation on images read
+    from elsewhere (TFRecord shards); categories as in CocoDataset."""
+    path = os.fspath(annotations_path)
+    data = _read_json(path)
+    categories, _ = _categories(path, data, None)
+    return _coco_index(data), categories
 
 
 def _records(path, data, images, known_categories, class_of, num_keypoints):

@@ -3,22 +3,31 @@
 import dataclasses
 
 from mask_rcnn_tf.config import ConfigError, DataConfig
-from mask_rcnn_tf.data.coco import CocoDataset, LabelSchema, load_coco, read_label_schema
+from mask_rcnn_tf.data.coco import (CocoDataset, LabelSchema, load_coco, load_ground_truth,
+                                   read_label_schema)
 from mask_rcnn_tf.data.pipeline import build_dataset
 
 
 def load_split(config: DataConfig, split: str):
     """Reads `data.<split>.annotations` / `data.<split>.images` (split: "train" or "val"), or,
-    for training with `data.train.tfrecords` set, opens those shards.
+    with `data.<split>.tfrecords` set, opens those shards (for "val" with the ground truth of
+    `data.val.annotations`, which pycocotools needs).
 
     Returns:
         CocoDataset, or TFRecordSource (data/tfrecords.py) for the shards.
     """
     paths = getattr(config, split)
-    if split == "train" and paths.tfrecords:
+    if paths.tfrecords:
         from mask_rcnn_tf.data.tfrecords import open_tfrecords
 
-        return open_tfrecords(paths.tfrecords)
+        source = open_tfrecords(paths.tfrecords)
+        if split == "train":
+            return source
+        if not paths.annotations:
+            raise ConfigError(f"data.{split}.annotations is not set: evaluation on "
+                              f"data.{split}.tfrecords scores against that file")
+        return source.with_ground_truth(*load_ground_truth(paths.annotations),
+                                        paths.annotations)
     for key in ("annotations", "images"):
         if not getattr(paths, key):
             raise ConfigError(f"data.{split}.{key} is not set (use --set data.{split}.{key}=PATH)")

@@ -280,7 +280,7 @@ def _record_source(dataset, max_instances, training, seed):
 
 def _check_arguments(dataset, batch_size, min_size, max_size, pad_size, max_instances,
                      mask_crop_size, flip_probability, mean, std, shuffle_buffer):
-    if not (dataset.num_images if hasattr(dataset, "decode") else dataset.records):
+    if not dataset.num_images:
         raise ValueError(f"{dataset.annotations_path}: dataset has no images")
     for name, value in (("batch_size", batch_size), ("max_instances", max_instances),
                         ("mask_crop_size", mask_crop_size), ("shuffle_buffer", shuffle_buffer),

@@ -179,14 +179,17 @@ class TFRecordSource:
 
     Attributes:
         files: list of shard paths this source reads (one worker's share after `shard`).
+        coco: pycocotools COCO of the ground truth, for evaluation (see with_ground_truth);
+            None for training.
         manifest: the parsed manifest; manifest_path: where it was read.
         num_images: images in `files`.
         keypoint_names, skeleton, categories: the dataset's label schema.
         annotations_path: the manifest path (what error messages name as the data's source).
     """
 
-    def __init__(self, files, manifest, manifest_path):
+    def __init__(self, files, manifest, manifest_path, coco=None):
         self.files = list(files)
+        self.coco = coco
         self.manifest = manifest
         self.manifest_path = self.annotations_path = manifest_path
         counts = {entry["file"]: entry["num_images"] for entry in manifest["shards"]}
@@ -199,6 +202,17 @@ class TFRecordSource:
     def label_schema(self):
         return LabelSchema(annotations_path=self.manifest_path, categories=self.categories,
                            keypoint_names=self.keypoint_names, skeleton=self.skeleton)
+
+    def with_ground_truth(self, coco, categories, annotations_path):
+        """This source with the ground truth of `annotations_path` for evaluation.
+
+        Raises:
+            ValueError: the annotations file's categories differ from the shards'.
+        """
+        if [tuple(c) for c in categories] != self.categories:
+            raise ValueError(f"{annotations_path}: categories differ from those of "
+                             f"{self.manifest_path}; the shards were written from another file")
+        return TFRecordSource(self.files, self.manifest, self.manifest_path, coco)
 
     def shard(self, index, count):
         """The source of input pipeline `index` of `count`: files[index::count].

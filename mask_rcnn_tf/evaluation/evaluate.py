@@ -29,7 +29,7 @@ def predict_dataset(model, data_config: DataConfig, dataset: CocoDataset, batch_
     """
     detect = tf.function(lambda images, sizes: model(
         {"images": images, "image_sizes": sizes}, training=False), reduce_retracing=True)
-    bar = Progress(len(dataset.records), "images", enabled=progress)
+    bar = Progress(dataset.num_images, "images", enabled=progress)
     with naming_input_errors(dataset):
         for batch in make_dataset(data_config, dataset, training=False, batch_size=batch_size):
             outputs = detect(batch["images"], batch["image_sizes"])
@@ -63,7 +63,7 @@ def evaluate_model(model, data_config: DataConfig, dataset: CocoDataset, *, batc
     metrics = evaluator.evaluate()
     metric_seconds += time.monotonic() - tick
     model_seconds = time.monotonic() - start - metric_seconds
-    logger.info("%d images: model and input %.1f s, metric (%s) %.1f s", len(dataset.records),
+    logger.info("%d images: model and input %.1f s, metric (%s) %.1f s", dataset.num_images,
                 model_seconds, backend, metric_seconds)
     return metrics
 

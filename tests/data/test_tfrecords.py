@@ -216,3 +216,17 @@ def test_bucket_paths_through_tf_io_gfile(shapes_dir, tmp_path):
         ids[source is shards] = sorted(int(i) for b in batches.as_numpy_iterator()
                                        for i in b["image_ids"])
     assert ids[True] == ids[False] == sorted(r.image_id for r in local.records)
+
+
+def test_evaluation_shards_need_their_own_ground_truth(shapes_dir, figures_dir, tmp_path):
+    from mask_rcnn_tf.config import ConfigError, DataConfig, SplitConfig
+    from mask_rcnn_tf.data.inputs import load_split
+
+    make_tfrecords(shapes_dir / "annotations.json", shapes_dir / "images", tmp_path / "v",
+                   num_shards=1, progress=False)
+    pattern = os.fspath(tmp_path / "v-*")
+    with pytest.raises(ConfigError, match="data.val.annotations is not set"):
+        load_split(DataConfig(val=SplitConfig(tfrecords=pattern)), "val")
+    other = os.fspath(figures_dir / "annotations.json")
+    with pytest.raises(ValueError, match=f"{other}: categories differ from those of "):
+        load_split(DataConfig(val=SplitConfig(tfrecords=pattern, annotations=other)), "val")

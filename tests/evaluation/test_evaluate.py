@@ -9,6 +9,7 @@ pasting, the metric) fails here. After an intended change, regenerate with
 MASK_RCNN_REGENERATE=1 and say why in the commit.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -18,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mask_rcnn_tf.config import load_config
+from mask_rcnn_tf.config import SplitConfig, load_config
 from mask_rcnn_tf.data.coco import load_coco
+from mask_rcnn_tf.data.inputs import load_split
+from mask_rcnn_tf.data.make_tfrecords import make_tfrecords
 from mask_rcnn_tf.data.shapes import make_shapes
 from mask_rcnn_tf.evaluation.coco_eval import CocoEvaluator
 from mask_rcnn_tf.evaluation.evaluate import evaluate_model, predict_dataset
@@ -113,4 +116,26 @@ def test_evaluate_model_logs_the_time_split_and_scores_with_either_backend(fixed
         assert metrics[iou_type] == pytest.approx(stats, abs=1e-4)
     assert re.search(r"^3 images: model and input [0-9.]+ s, metric \(faster_coco_eval\) "
                      r"[0-9.]+ s$", caplog.records[-1].getMessage())
+
+
+def test_evaluation_from_shards_gives_the_json_paths_detections(fixed, tmp_path):
+    """data.val.tfrecords: images from the shards, ground truth from data.val.annotations."""
+    config, model, dataset = fixed
+    images = os.path.dirname(dataset.records[0].path)
+    make_tfrecords(dataset.annotations_path, images, tmp_path / "val", num_shards=2,
+                   progress=False)
+    data_config = dataclasses.replace(config.data, val=SplitConfig(
+        annotations=dataset.annotations_path, tfrecords=os.fspath(tmp_path / "val-*")))
+    shards = load_split(data_config, "val")
+    assert shards.coco is not None and shards.num_images == 3
+    outputs = {}
+    for source in (dataset, shards):
+        for batch in predict_dataset(model, config.data, source, batch_size=3):
+            for i, image_id in enumerate(batch["image_ids"]):
+                outputs.setdefault(int(image_id), []).append(
+                    {key: value[i] for key, value in batch.items()})
+    assert sorted(outputs) == sorted(r.image_id for r in dataset.records)
+    for image_id, (from_json, from_shards) in outputs.items():
+        for key, value in from_json.items():
+            np.testing.assert_allclose(from_shards[key], value, atol=1e-5, err_msg=key)
 
