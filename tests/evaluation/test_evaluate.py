@@ -68,13 +68,17 @@ def _rounded(values, digits):
     return [round(float(v), digits) for v in np.reshape(values, -1)]
 
 
-def test_fixed_model_gives_the_stored_detections_and_metrics(fixed, capsys):
+@pytest.fixture(scope="module")
+def json_batches(fixed):
+    """predict_dataset's batches from annotations + images: one batch of all 3 images, so one
+    trace of the model."""
     config, model, dataset = fixed
-    # One batch of all 3 images: one trace of the model.
-    batches = list(predict_dataset(model, config.data, dataset, batch_size=3, progress=True))
-    # Not a terminal: one progress line at the end (and every 10 s), with rate and time left.
-    last = capsys.readouterr().err.splitlines()[-1]
-    assert last.startswith("3/3 images, ") and last.endswith(" images/s, 0:00:00 left"), last
+    return list(predict_dataset(model, config.data, dataset, batch_size=3))
+
+
+def test_fixed_model_gives_the_stored_detections_and_metrics(fixed, json_batches):
+    config, model, dataset = fixed
+    batches = json_batches
     evaluator = CocoEvaluator(dataset.coco, [c for c, _ in dataset.categories], verbose=False)
     detections = {}
     for batch in batches:
@@ -118,8 +122,10 @@ def test_evaluate_model_logs_the_time_split_and_scores_with_either_backend(fixed
                      r"[0-9.]+ s$", caplog.records[-1].getMessage())
 
 
-def test_evaluation_from_shards_gives_the_json_paths_detections(fixed, tmp_path):
-    """data.val.tfrecords: images from the shards, ground truth from data.val.annotations."""
+def test_evaluation_from_shards_gives_the_json_paths_detections(fixed, json_batches, tmp_path,
+                                                               capsys):
+    """data.val.tfrecords: images from the shards, ground truth from data.val.annotations;
+    and the progress line."""
     config, model, dataset = fixed
     images = os.path.dirname(dataset.records[0].path)
     make_tfrecords(dataset.annotations_path, images, tmp_path / "val", num_shards=2,
@@ -128,12 +134,16 @@ def test_evaluation_from_shards_gives_the_json_paths_detections(fixed, tmp_path)
         annotations=dataset.annotations_path, tfrecords=os.fspath(tmp_path / "val-*")))
     shards = load_split(data_config, "val")
     assert shards.coco is not None and shards.num_images == 3
+    shard_batches = list(predict_dataset(model, config.data, shards, batch_size=3,
+                                         progress=True))
+    # Not a terminal: one progress line at the end (and every 10 s), with rate and time left.
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("3/3 images, ") and last.endswith(" images/s, 0:00:00 left"), last
     outputs = {}
-    for source in (dataset, shards):
-        for batch in predict_dataset(model, config.data, source, batch_size=3):
-            for i, image_id in enumerate(batch["image_ids"]):
-                outputs.setdefault(int(image_id), []).append(
-                    {key: value[i] for key, value in batch.items()})
+    for batch in json_batches + shard_batches:
+        for i, image_id in enumerate(batch["image_ids"]):
+            outputs.setdefault(int(image_id), []).append(
+                {key: value[i] for key, value in batch.items()})
     assert sorted(outputs) == sorted(r.image_id for r in dataset.records)
     for image_id, (from_json, from_shards) in outputs.items():
         for key, value in from_json.items():
