@@ -108,10 +108,14 @@ def make_tfrecords(annotations, images_dir, output_prefix, *, num_shards=None, w
     if (existing or tf.io.gfile.exists(manifest_path)) and not overwrite:
         raise ValueError(f"{prefix}: shards of an earlier conversion exist "
                          f"({len(existing)} files); pass --overwrite to replace them")
+    for flag, value in (("--num-shards", num_shards), ("--workers", workers)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {value}")
     # Bad images and the first annotation error are listed before anything is written.
     dataset = load_coco(annotations, images_dir, verify_images="full", workers=workers)
     records = dataset.records
-    num_shards = num_shards or max(1, math.ceil(len(records) / IMAGES_PER_SHARD))
+    if num_shards is None:
+        num_shards = max(1, math.ceil(len(records) / IMAGES_PER_SHARD))
     if not 1 <= num_shards <= len(records):
         raise ValueError(f"--num-shards must be in 1..{len(records)} (the number of images), "
                          f"got {num_shards}")

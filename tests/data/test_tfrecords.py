@@ -230,3 +230,23 @@ def test_evaluation_shards_need_their_own_ground_truth(shapes_dir, figures_dir, 
     other = os.fspath(figures_dir / "annotations.json")
     with pytest.raises(ValueError, match=f"{other}: categories differ from those of "):
         load_split(DataConfig(val=SplitConfig(tfrecords=pattern, annotations=other)), "val")
+
+
+def test_make_tfrecords_refuses_bad_arguments_and_existing_shards(shapes_dir, tmp_path,
+                                                                  capsys):
+    common = ["make-tfrecords", "--annotations", os.fspath(shapes_dir / "annotations.json"),
+              "--images", os.fspath(shapes_dir / "images"), "--output", os.fspath(tmp_path / "s")]
+    assert cli.main(common + ["--num-shards", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "mask-rcnn make-tfrecords: error: --num-shards must be a positive integer, got 0")
+    assert cli.main(common + ["--num-shards", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["num_shards"] == 2 and summary["num_images"] == 20
+    assert cli.main(common + ["--num-shards", "3"]) == 2
+    assert "pass --overwrite to replace them" in capsys.readouterr().err
+    # --overwrite replaces the 2 shards by 3 and removes the stale ones.
+    assert cli.main(common + ["--num-shards", "3", "--overwrite"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["s-00000-of-00003.tfrecord",
+                                            "s-00001-of-00003.tfrecord",
+                                            "s-00002-of-00003.tfrecord", "s.manifest.json"]
+    assert open_tfrecords(os.fspath(tmp_path / "s-*")).num_images == 20
