@@ -172,7 +172,7 @@ class TrainConfig:
     # With scale_lr, learning_rate is the rate for reference_batch_size images per step (null:
     # for batch_size, i.e. one replica). The run multiplies it by k = global batch / reference
     # and divides warmup_steps by k (the warm-up then spans the same number of images); steps
-    # and milestones are optimizer steps and are never rescaled.
+    # and milestones: see scale_schedule.
     reference_batch_size: int | None = None
     scale_lr: bool = True
     # With scale_lr and an explicit reference_batch_size: steps and milestones are quoted for
