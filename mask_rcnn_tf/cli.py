@@ -45,6 +45,21 @@ def _parser():
     figures.add_argument("--image-size", type=int, default=128)
     figures.add_argument("--overwrite", action="store_true")
 
+    records = commands.add_parser(
+        "make-tfrecords", help="check a COCO-format dataset and write it as sharded TFRecords "
+                               "(train with data.train.tfrecords=PREFIX-*)")
+    records.add_argument("--annotations", required=True, help="COCO-format JSON file")
+    records.add_argument("--images", required=True, help="folder of the images")
+    records.add_argument("--output", required=True,
+                         help="shard prefix: writes PREFIX-00000-of-000NN.tfrecord and "
+                              "PREFIX.manifest.json")
+    records.add_argument("--num-shards", type=int,
+                         help="default: one shard per 1024 images")
+    records.add_argument("--workers", type=int,
+                         help="processes decoding images for the check (default: one per CPU)")
+    records.add_argument("--overwrite", action="store_true",
+                         help="replace the shards of an earlier conversion to PREFIX")
+
     train = commands.add_parser("train", help="train with model.fit (resumes in --model-dir)")
     _add_config_args(train)
     train.add_argument("--strategy", choices=STRATEGY_NAMES,
@@ -146,6 +161,12 @@ def run(args):
         summary = make_figures(args.output, args.num_images, args.seed,
                                image_size=args.image_size, overwrite=args.overwrite)
         print(json.dumps(summary))
+    elif args.command == "make-tfrecords":
+        from mask_rcnn_tf.data.make_tfrecords import make_tfrecords
+
+        print(json.dumps(make_tfrecords(args.annotations, args.images, args.output,
+                                        num_shards=args.num_shards, workers=args.workers,
+                                        overwrite=args.overwrite)))
     elif args.command == "train":
         from mask_rcnn_tf.training.train import train
 
@@ -162,7 +183,8 @@ def run(args):
         metrics = evaluate_model(_load_model(args, config), config.data, dataset,
                                  batch_size=config.eval.batch_size,
                                  mask_threshold=config.eval.mask_threshold,
-                                 keypoint_sigmas=config.eval.keypoint_oks_sigmas)
+                                 keypoint_sigmas=config.eval.keypoint_oks_sigmas,
+                                 backend=config.eval.backend)
         print(json.dumps(metrics, indent=2))
         if args.output:
             atomic_write_json(args.output, metrics)

@@ -35,6 +35,9 @@ class ConfigError(ValueError):
 # tf.distribute strategies of `train.strategy` (see training/strategy.py).
 STRATEGY_NAMES = ("auto", "one_device", "mirrored", "multi_worker")
 
+# COCO metric implementations of `eval.backend` (see evaluation/coco_eval.py).
+EVAL_BACKENDS = ("pycocotools", "faster_coco_eval")
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -129,6 +132,10 @@ class ModelConfig:
 class SplitConfig:
     annotations: str | None = None
     images: str | None = None
+    # Glob of shards written by `mask-rcnn make-tfrecords` ("PREFIX-*", bucket paths too): when
+    # set, the input streams these instead of reading annotations + images (evaluation still
+    # reads `annotations` for the ground truth).
+    tfrecords: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,11 @@ class DataConfig:
     shuffle_buffer: int = 1024
     # For keypoint datasets: the index each keypoint takes under a horizontal flip.
     keypoint_flip_map: tuple[int, ...] = ()
+    # Check every image's header (opens, size as listed) in parallel before training or
+    # evaluating on annotations + images; false skips it (files are then only checked to exist).
+    check_images: bool = True
+    # HOST:PORT of a tf.data service dispatcher: training preprocessing runs on its workers.
+    service_address: str | None = None
 
     @property
     def pad_size(self) -> int:
@@ -160,9 +172,13 @@ class TrainConfig:
     # With scale_lr, learning_rate is the rate for reference_batch_size images per step (null:
     # for batch_size, i.e. one replica). The run multiplies it by k = global batch / reference
     # and divides warmup_steps by k (the warm-up then spans the same number of images); steps
-    # and milestones are optimizer steps and are never rescaled.
+    # and milestones: see scale_schedule.
     reference_batch_size: int | None = None
     scale_lr: bool = True
+    # With scale_lr and an explicit reference_batch_size: steps and milestones are quoted for
+    # the reference batch and stretch by 1 / k (the same number of images; Detectron2's
+    # REFERENCE_WORLD_SIZE), as warm-up does. False keeps them as optimizer steps.
+    scale_schedule: bool = True
     steps: int = 90000
     steps_per_epoch: int = 1000
     optimizer: str = "sgd"  # sgd | adamw
@@ -187,6 +203,8 @@ class EvalConfig:
     mask_threshold: float = 0.5
     score_threshold_draw: float = 0.5
     keypoint_oks_sigmas: tuple[float, ...] = ()  # per-keypoint OKS sigmas for keypoint AP
+    # COCO metric implementation: pycocotools | faster_coco_eval (same numbers, optional extra).
+    backend: str = "pycocotools"
 
 
 @dataclass(frozen=True)
@@ -348,9 +366,11 @@ def validate(config: Config) -> None:
         (m.roi_heads.sampling_ratio >= 1, "model.roi_heads.sampling_ratio must be >= 1"),
         (m.keypoints.num_keypoints == 0 or (len(d.keypoint_flip_map) == len(config.eval.keypoint_oks_sigmas) == m.keypoints.num_keypoints), f"data.keypoint_flip_map and eval.keypoint_oks_sigmas need one entry per keypoint ({m.keypoints.num_keypoints}), got {len(d.keypoint_flip_map)} and {len(config.eval.keypoint_oks_sigmas)}"),
         (sorted(d.keypoint_flip_map) == list(range(len(d.keypoint_flip_map))), f"data.keypoint_flip_map must be a permutation of 0..K-1, got {list(d.keypoint_flip_map)}"),
+        (d.service_address is None or ":" in d.service_address, f"data.service_address must be HOST:PORT of a tf.data service dispatcher, got {d.service_address!r}"),
         (len(d.mean) == 3 and len(d.std) == 3, "data.mean and data.std need 3 values (RGB)"),
         (0 < d.min_size <= d.max_size, f"data.min_size ({d.min_size}) must be positive and <= data.max_size ({d.max_size})"),
         (0.0 <= d.flip_probability <= 1.0, f"data.flip_probability must be in [0, 1], got {d.flip_probability}"),
+        (config.eval.backend in EVAL_BACKENDS, f"eval.backend must be one of {', '.join(EVAL_BACKENDS)}, got {config.eval.backend!r}"),
         (t.optimizer in ("sgd", "adamw"), f"train.optimizer must be sgd or adamw, got {t.optimizer!r}"),
         (t.schedule in ("step", "cosine"), f"train.schedule must be step or cosine, got {t.schedule!r}"),
         (t.mixed_precision in ("float32", "mixed_bfloat16", "mixed_float16"), f"train.mixed_precision must be float32, mixed_bfloat16 or mixed_float16, got {t.mixed_precision!r}"),

@@ -186,3 +186,23 @@ def test_file_errors(tmp_path):
                                           (1, 32)])
 def test_pad_size(max_size, pad):
     assert DataConfig(min_size=1, max_size=max_size).pad_size == pad
+
+
+def test_input_and_evaluation_keys_of_issue_15():
+    config = load_config(None, ["data.train.tfrecords=shards/train-*",
+                                "data.service_address=127.0.0.1:5050",
+                                "data.check_images=false", "eval.backend=faster_coco_eval",
+                                "train.scale_schedule=false"])
+    assert (config.data.train.tfrecords, config.data.service_address) == (
+        "shards/train-*", "127.0.0.1:5050")
+    assert (config.data.check_images, config.eval.backend, config.train.scale_schedule) == (
+        False, "faster_coco_eval", False)
+    defaults = Config()
+    assert (defaults.data.check_images, defaults.eval.backend, defaults.train.scale_schedule,
+            defaults.data.train.tfrecords, defaults.data.service_address) == (
+        True, "pycocotools", True, None, None)
+    with pytest.raises(ConfigError, match="eval.backend must be one of pycocotools, "
+                                          "faster_coco_eval, got 'detectron'"):
+        load_config(None, ["eval.backend=detectron"])
+    with pytest.raises(ConfigError, match="data.service_address must be HOST:PORT"):
+        load_config(None, ["data.service_address=dispatcher"])

@@ -16,15 +16,13 @@ import logging
 import os
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from mask_rcnn_tf.data.image_check import bad_images_error, check_images, is_file, open_file
+from mask_rcnn_tf.progress import Progress
+
 logger = logging.getLogger("mask_rcnn_tf.data")
-
-# Verifying every image costs a file read each; large datasets skip it unless asked.
-VERIFY_IMAGES_BELOW = 5000
-
 
 @dataclasses.dataclass(frozen=True)
 class ImageRecord:
@@ -42,6 +40,7 @@ class ImageRecord:
         keypoints: float32 [n, Kp, 3] (x, y, v) with x, y in continuous pixels (COCO's
             pixel-index values + 0.5), v = 0 unlabelled, 1 occluded, 2 visible; Kp = 0 for a
             dataset without keypoints.
+        annotation_ids: int64 [n], the COCO annotation id of each instance.
     """
 
     image_id: int
@@ -52,6 +51,7 @@ class ImageRecord:
     classes: np.ndarray
     mask_counts: tuple
     keypoints: np.ndarray
+    annotation_ids: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros([0], np.int64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +79,11 @@ class CocoDataset:
     def num_classes(self):
         """Number of foreground classes K."""
         return len(self.categories)
+
+    @property
+    def num_images(self):
+        """Number of images (records)."""
+        return len(self.records)
 
 
 def _error(path, message):
@@ -177,9 +182,9 @@ def _mask_counts(path, where, segmentation, height, width):
 
 
 def _read_json(path):
-    if not os.path.isfile(path):
+    if not is_file(path):
         raise FileNotFoundError(f"{path}: annotations file not found")
-    with open(path, "rb") as f:
+    with open_file(path) as f:
         text = f.read()
     try:
         data = json.loads(text)
@@ -196,18 +201,6 @@ def _read_json(path):
         if not isinstance(data[key], list):
             raise _error(path, f"top-level key '{key}' must be a list")
     return data
-
-
-def _verify_image(path, height, width):
-    try:
-        with Image.open(path) as image:
-            size = image.size
-            image.verify()
-    except Exception as err:  # PIL raises many types for broken files; all mean the same here.
-        raise ValueError(f"{path}: image does not decode ({err})") from None
-    if size != (width, height):
-        raise ValueError(f"{path}: image is {size[1]}x{size[0]} (h x w) but the annotations "
-                         f"file says {height}x{width}")
 
 
 def _categories(path, data, category_ids):
@@ -256,7 +249,7 @@ def read_label_schema(annotations_path):
                        keypoint_names=tuple(keypoint_names), skeleton=skeleton)
 
 
-def load_coco(annotations_path, images_dir, category_ids=None, verify_images=None):
+def load_coco(annotations_path, images_dir, category_ids=None, verify_images=True, workers=None):
     """Reads and validates a COCO instance-segmentation annotations file.
 
     Crowd annotations (iscrowd=1) stay out of the records (they remain in `coco` for evaluation).
@@ -269,8 +262,11 @@ def load_coco(annotations_path, images_dir, category_ids=None, verify_images=Non
         images_dir: folder the images' file_name values are relative to.
         category_ids: optional sequence of category ids, defining class indices 1..K in its order;
             default: every category, sorted by id.
-        verify_images: open every image with PIL and check it decodes and has the listed size.
-            None: only when the file lists fewer than 5000 images.
+        verify_images: True: check every image's header in parallel (it opens as an image of
+            the listed size; see data/image_check.py); "full": decode every image in parallel
+            processes; either lists every bad image in one error. False: only check that the
+            files exist.
+        workers: threads or processes of the image check (None: from the CPU count).
 
     Returns:
         CocoDataset.
@@ -284,8 +280,6 @@ def load_coco(annotations_path, images_dir, category_ids=None, verify_images=Non
     categories, known_categories = _categories(path, data, category_ids)
     class_of = {category_id: i + 1 for i, (category_id, _) in enumerate(categories)}
     keypoint_names, skeleton = _keypoint_schema(path, data, class_of)
-    if verify_images is None:
-        verify_images = len(data["images"]) < VERIFY_IMAGES_BELOW
 
     images = {}
     for image in data["images"]:
@@ -298,12 +292,57 @@ def load_coco(annotations_path, images_dir, category_ids=None, verify_images=Non
             raise _error(path, f"{where}: height and width must be positive integers, "
                                f"got {height!r}, {width!r}")
         image_path = os.path.join(images_dir, _field(path, image, "file_name", where))
-        if not os.path.isfile(image_path):
+        # The check below lists every missing file; without it, stop at the first.
+        if not verify_images and not is_file(image_path):
             raise FileNotFoundError(f"{image_path}: image file not found ({where} in {path})")
-        if verify_images:
-            _verify_image(image_path, height, width)
         images[image_id] = (image_path, height, width, [])
 
+    bad = []
+    if verify_images:
+        items = [(image_path, height, width) for image_path, height, width, _ in images.values()]
+        # A progress line only where the check takes a while.
+        progress = Progress(len(items), "images", prefix="checking",
+                            enabled=len(items) > 10000 or verify_images == "full")
+        bad = check_images(items, full_decode=verify_images == "full", workers=workers,
+                           progress=progress)
+    try:
+        records, skipped = _records(path, data, images, known_categories, class_of,
+                                    len(keypoint_names))
+    except ValueError as err:
+        if bad:  # One report holds both problems: the bad images and the first annotation error.
+            raise bad_images_error(bad, path, also=str(err)) from None
+        raise
+    if bad:
+        raise bad_images_error(bad, path)
+    logger.info("%s: %d images, %d instances; skipped %d crowd, %d degenerate (box under "
+                "1 px or empty mask), %d of categories not in category_ids", path, len(records),
+                sum(len(r.classes) for r in records), skipped["crowd"], skipped["degenerate"],
+                skipped["other category"])
+
+    return CocoDataset(categories=categories, records=records, coco=_coco_index(data),
+                       annotations_path=path, keypoint_names=keypoint_names, skeleton=skeleton)
+
+
+def _coco_index(data):
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
+        coco.createIndex()
+    return coco
+
+
+def load_ground_truth(annotations_path):
+    """(pycocotools COCO, categories) of an annotations file, for evaluation on images read
+    from elsewhere (TFRecord shards); categories as in CocoDataset."""
+    path = os.fspath(annotations_path)
+    data = _read_json(path)
+    categories, _ = _categories(path, data, None)
+    return _coco_index(data), categories
+
+
+def _records(path, data, images, known_categories, class_of, num_keypoints):
+    """ImageRecords of the images {image_id: (path, height, width, [])} from the annotations,
+    and the counts of skipped annotations by reason."""
     skipped = {"crowd": 0, "degenerate": 0, "other category": 0}
     for annotation in data["annotations"]:
         annotation_id = _field(path, annotation, "id", "annotation")
@@ -333,29 +372,20 @@ def load_coco(annotations_path, images_dir, category_ids=None, verify_images=Non
         if box[2] - box[0] < 1 or box[3] - box[1] < 1 or not counts[1::2].any():
             skipped["degenerate"] += 1
             continue
-        keypoints = _keypoints(path, where, annotation, len(keypoint_names))
-        instances.append((box, class_of[category_id], counts, keypoints))
+        keypoints = _keypoints(path, where, annotation, num_keypoints)
+        instances.append((box, class_of[category_id], counts, keypoints, annotation_id))
 
     records = []
     for image_id, (image_path, height, width, instances) in images.items():
         records.append(ImageRecord(
             image_id=image_id, path=image_path, height=height, width=width,
-            boxes=np.array([b for b, _, _, _ in instances], np.float32).reshape(-1, 4),
-            classes=np.array([c for _, c, _, _ in instances], np.int32),
-            mask_counts=tuple(m for _, _, m, _ in instances),
-            keypoints=np.array([k for _, _, _, k in instances], np.float32).reshape(
-                len(instances), len(keypoint_names), 3)))
-    logger.info("%s: %d images, %d instances; skipped %d crowd, %d degenerate (box under "
-                "1 px or empty mask), %d of categories not in category_ids", path, len(records),
-                sum(len(r.classes) for r in records), skipped["crowd"], skipped["degenerate"],
-                skipped["other category"])
-
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
-        coco.createIndex()
-    return CocoDataset(categories=categories, records=records, coco=coco, annotations_path=path,
-                       keypoint_names=keypoint_names, skeleton=skeleton)
+            boxes=np.array([i[0] for i in instances], np.float32).reshape(-1, 4),
+            classes=np.array([i[1] for i in instances], np.int32),
+            mask_counts=tuple(i[2] for i in instances),
+            keypoints=np.array([i[3] for i in instances], np.float32).reshape(
+                len(instances), num_keypoints, 3),
+            annotation_ids=np.array([i[4] for i in instances], np.int64)))
+    return records, skipped
 
 
 def _keypoint_schema(path, data, class_of):

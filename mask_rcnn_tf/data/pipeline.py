@@ -27,6 +27,7 @@ the run-length masks, crop them to their boxes at the original resolution (resiz
 does not change a crop of the box; a flip mirrors it), resize, flip, normalize, pad.
 """
 
+import functools
 import logging
 
 import numpy as np
@@ -177,18 +178,57 @@ def _pad_rows(tensor, max_instances, value):
     return padded
 
 
+# First bytes of the formats tf.io.decode_image reads (WebP: "RIFF" then "WEBP" at byte 8).
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF")
+
+
+def decode_image_named(data, name):
+    """tf.io.decode_image whose failure on a non-image names the file.
+
+    decode_image's own error ("Unknown image file format") names no file; an Assert on the
+    format signature first puts `name` into the error (data/input_errors.py turns it into one
+    line).
+
+    Args:
+        data: string scalar, the encoded file.
+        name: string scalar, the file's path, for the error.
+
+    Returns:
+        uint8 [h, w, 3] RGB.
+    """
+    head = tf.strings.substr(data, 0, 4)
+    known = tf.reduce_any([tf.strings.substr(head, 0, len(s)) == s for s in _IMAGE_SIGNATURES])
+    check = tf.debugging.Assert(known, [name, "is not a JPEG, PNG, GIF, BMP or WebP image"])
+    with tf.control_dependencies([check]):
+        return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
+def decode_json_record(record):
+    """Reads and decodes one record of `_record_tensors` (the annotations + images path).
+
+    Returns:
+        the decoded record every source yields: "image" uint8 [h, w, 3], "image_id" int64,
+        "boxes" float32 [n, 4] yxyx original pixels, "classes" int32 [n], "masks" uint8
+        [n, h, w] full-image masks and, with keypoints, "keypoints" float32 [n, Kp, 3].
+    """
+    image = decode_image_named(tf.io.read_file(record["path"]), record["path"])
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(tf.shape(image)[:2], record["size"])),
+        [record["path"], "image size (h, w)", tf.shape(image)[:2],
+         "differs from height, width in the annotations file", record["size"]])
+    with tf.control_dependencies([check]):
+        masks = decode_rle_masks(record["mask_counts"], record["size"][0], record["size"][1])
+    decoded = {key: record[key] for key in ("image_id", "boxes", "classes", "keypoints")
+               if key in record}
+    return dict(decoded, image=image, masks=masks)
+
+
 def _make_example_fn(*, training, min_size, max_size, pad_size, max_instances, mask_crop_size,
-                     flip_probability, mean, std, keypoint_flip_map):
+                     flip_probability, mean, std, keypoint_flip_map, decode=decode_json_record):
     def example(record, flip_seed=None):
-        image = tf.io.decode_image(tf.io.read_file(record["path"]), channels=3,
-                                   expand_animations=False)
+        record = decode(record)
+        image, masks = record["image"], record["masks"]
         original_size = tf.shape(image)[:2]
-        check = tf.debugging.Assert(
-            tf.reduce_all(tf.equal(original_size, record["size"])),
-            [record["path"], "image size (h, w)", original_size,
-             "differs from height, width in the annotations file", record["size"]])
-        with tf.control_dependencies([check]):
-            masks = decode_rle_masks(record["mask_counts"], record["size"][0], record["size"][1])
         boxes = tf.reshape(record["boxes"], [-1, 4])
         targets = {"boxes": boxes, "mask_crops": crop_masks(masks, boxes, mask_crop_size)}
 
@@ -222,9 +262,25 @@ def _make_example_fn(*, training, min_size, max_size, pad_size, max_instances, m
     return example
 
 
+def _record_source(dataset, max_instances, training, seed):
+    """The per-image records of `dataset`, the function decoding one, and the number of images.
+
+    `dataset` is a CocoDataset (records packed as constants, decode_json_record) or a streaming
+    source such as data/tfrecords.py's TFRecordSource, which provides `num_images`,
+    `records(training=, seed=)` (a tf.data.Dataset, files shuffled when training) and
+    `decode(record, max_instances)` yielding what decode_json_record yields.
+    """
+    if hasattr(dataset, "decode"):
+        return (dataset.records(training=training, seed=seed),
+                functools.partial(dataset.decode, max_instances=max_instances),
+                dataset.num_images)
+    return (tf.data.Dataset.from_tensor_slices(_record_tensors(dataset.records, max_instances)),
+            decode_json_record, len(dataset.records))
+
+
 def _check_arguments(dataset, batch_size, min_size, max_size, pad_size, max_instances,
                      mask_crop_size, flip_probability, mean, std, shuffle_buffer):
-    if not dataset.records:
+    if not dataset.num_images:
         raise ValueError(f"{dataset.annotations_path}: dataset has no images")
     for name, value in (("batch_size", batch_size), ("max_instances", max_instances),
                         ("mask_crop_size", mask_crop_size), ("shuffle_buffer", shuffle_buffer),
@@ -254,7 +310,8 @@ def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size
     resampled content by under half a pixel.
 
     Args:
-        dataset: CocoDataset from data/coco.py.
+        dataset: CocoDataset from data/coco.py, or a streaming record source (TFRecordSource
+            from data/tfrecords.py; see _record_source).
         training: training or evaluation behaviour, as above.
         batch_size: images per batch.
         min_size: target short side of the resized image, pixels.
@@ -282,9 +339,9 @@ def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size
         raise ValueError(f"{dataset.annotations_path}: {num_keypoints} keypoints need a "
                          f"keypoint flip map of that length to train with flips, got "
                          f"{keypoint_flip_map!r}")
-    records = tf.data.Dataset.from_tensor_slices(_record_tensors(dataset.records, max_instances))
+    records, decode, num_images = _record_source(dataset, max_instances, training, seed)
     if training:
-        records = records.shuffle(min(shuffle_buffer, len(dataset.records)), seed=seed,
+        records = records.shuffle(min(shuffle_buffer, num_images), seed=seed,
                                   reshuffle_each_iteration=True)
     if repeat is None:
         repeat = training
@@ -294,7 +351,7 @@ def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size
         training=training, min_size=float(min_size), max_size=float(max_size),
         pad_size=int(pad_size), max_instances=int(max_instances),
         mask_crop_size=int(mask_crop_size), flip_probability=float(flip_probability),
-        mean=mean, std=std, keypoint_flip_map=keypoint_flip_map)
+        mean=mean, std=std, keypoint_flip_map=keypoint_flip_map, decode=decode)
     if training:
         # One random value per element drives that element's flip: reproducible under a seed
         # regardless of how map's parallel calls are scheduled.

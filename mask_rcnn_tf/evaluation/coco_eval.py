@@ -1,4 +1,9 @@
-"""COCO metrics (pycocotools) for batches of Mask R-CNN detections.
+"""COCO metrics (pycocotools, or faster-coco-eval) for batches of Mask R-CNN detections.
+
+Two backends give the same numbers (tests/evaluation/test_eval_backends.py checks them to 1e-4):
+pycocotools' COCOeval, whose per-image matching is Python, and faster-coco-eval's
+COCOeval_faster, the same algorithm in C++ (`pip install faster-coco-eval`, the `fast-eval`
+extra); `eval.backend` picks one, benchmarks/eval_split.py measures both.
 
 Shape letters: B images in a batch, N detection slots per image (the first `num_detections` are
 real), M the side of the predicted box-crop masks, h and w the original image size.
@@ -11,6 +16,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
+from mask_rcnn_tf.config import EVAL_BACKENDS as BACKENDS
 from mask_rcnn_tf.ops.keypoint_ops import keypoints_to_original_frame
 from mask_rcnn_tf.ops.mask_ops import paste_masks_numpy
 
@@ -148,10 +154,15 @@ class CocoEvaluator:
         verbose: bool, print pycocotools' progress and summary tables.
         keypoint_sigmas: per-keypoint OKS sigmas for "keypoints" (pycocotools' default is
             COCO's 17 person keypoints; any other dataset must give its own).
+        backend: "pycocotools" or "faster_coco_eval" (see the module docstring).
     """
 
     def __init__(self, coco_gt, category_ids, iou_types=("bbox", "segm"), mask_threshold=0.5,
-                 verbose=True, keypoint_sigmas=None):
+                 verbose=True, keypoint_sigmas=None, backend="pycocotools"):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self._backend = backend
+        self._fast_gt = None  # faster-coco-eval's index of the ground truth, built when needed
         self._iou_types = tuple(iou_types)
         unknown = [t for t in self._iou_types if t not in STAT_NAMES]
         if unknown or not self._iou_types:
@@ -217,7 +228,7 @@ class CocoEvaluator:
             quiet = contextlib.redirect_stdout(io.StringIO())
         with quiet:
             print(f"IoU metric: {iou_type}")
-            coco_eval = COCOeval(self._coco_gt, self._coco_gt.loadRes(detections), iouType=iou_type)
+            coco_eval = self._cocoeval(detections, iou_type)
             coco_eval.params.imgIds = sorted(self._image_ids)
             if iou_type == "keypoints":
                 coco_eval.params.kpt_oks_sigmas = np.asarray(self._keypoint_sigmas, np.float64)
@@ -225,3 +236,17 @@ class CocoEvaluator:
             coco_eval.accumulate()
             coco_eval.summarize()
         return {name: float(value) for name, value in zip(names, coco_eval.stats)}
+
+    def _cocoeval(self, detections, iou_type):
+        """The backend's COCOeval over the ground truth and `detections` (COCO result dicts)."""
+        if self._backend == "pycocotools":
+            return COCOeval(self._coco_gt, self._coco_gt.loadRes(detections), iouType=iou_type)
+        try:
+            from faster_coco_eval import COCO as FastCOCO, COCOeval_faster
+        except ImportError:
+            raise ValueError("eval.backend faster_coco_eval needs `pip install faster-coco-eval` "
+                             "(the fast-eval extra)") from None
+        if self._fast_gt is None:
+            self._fast_gt = FastCOCO(self._coco_gt.dataset)
+        return COCOeval_faster(self._fast_gt, self._fast_gt.loadRes(detections),
+                               iouType=iou_type, print_function=print)

@@ -2,12 +2,14 @@
 
 import logging
 import math
+import typing
 from pathlib import Path
 
 import keras
 import yaml
 
 from mask_rcnn_tf.config import Config, ConfigError, TrainConfig, to_dict
+from mask_rcnn_tf.data.input_errors import naming_input_errors
 from mask_rcnn_tf.data.inputs import load_split, make_training_input
 from mask_rcnn_tf.io_utils import atomic_path
 from mask_rcnn_tf.modeling.factory import build_model
@@ -40,17 +42,45 @@ def scaled_learning_rate(config: TrainConfig, num_replicas: int) -> tuple[float,
     return config.learning_rate * factor, round(config.warmup_steps / factor)
 
 
+class ScaledSchedule(typing.NamedTuple):
+    """The schedule a run follows: rate, warm-up, total steps and milestones, in its steps."""
+
+    learning_rate: float
+    warmup_steps: int
+    steps: int
+    milestones: tuple[int, ...]
+
+
+def scaled_schedule(config: TrainConfig, num_replicas: int) -> ScaledSchedule:
+    """scaled_learning_rate, and the length of the run by the linear scaling rule.
+
+    With `scale_schedule` (and `scale_lr`) and an explicit `reference_batch_size`, the run's
+    steps and milestones are quoted for the reference batch: with k = global batch / reference
+    they become round(steps / k) and round(milestone / k), so the run sees the same number of
+    images as the recipe at every point (Detectron2's REFERENCE_WORLD_SIZE scales MAX_ITER and
+    STEPS the same way). One GPU with 2 images on the paper's 16-image 1x recipe: k = 1/8,
+    720k steps, drops at 480k and 640k. Without a reference (null: one replica's batch) or with
+    `scale_schedule: false`, steps and milestones are optimizer steps as configured.
+    """
+    learning_rate, warmup_steps = scaled_learning_rate(config, num_replicas)
+    if not (config.scale_lr and config.scale_schedule and config.reference_batch_size):
+        return ScaledSchedule(learning_rate, warmup_steps, config.steps, config.milestones)
+    factor = config.batch_size * num_replicas / config.reference_batch_size
+    return ScaledSchedule(learning_rate, warmup_steps, max(1, round(config.steps / factor)),
+                          tuple(max(1, round(m / factor)) for m in config.milestones))
+
+
 def make_schedule(config: Config, num_replicas: int = 1):
-    """The learning-rate schedule of `train.schedule` over `train.steps` optimizer steps, scaled
-    for the global batch of `num_replicas` replicas (see scaled_learning_rate)."""
+    """The learning-rate schedule of `train.schedule` over the run's optimizer steps, scaled
+    for the global batch of `num_replicas` replicas (see scaled_schedule)."""
     t = config.train
-    learning_rate, warmup_steps = scaled_learning_rate(t, num_replicas)
+    learning_rate, warmup_steps, steps, milestones = scaled_schedule(t, num_replicas)
     if t.schedule == "cosine":
-        if warmup_steps >= t.steps:
-            raise ConfigError(f"train.steps ({t.steps}) must exceed the warm-up, "
+        if warmup_steps >= steps:
+            raise ConfigError(f"train.steps ({steps} once scaled) must exceed the warm-up, "
                               f"{warmup_steps} steps once scaled to {num_replicas} replicas")
-        return WarmupCosineDecay(learning_rate, warmup_steps, t.warmup_factor, t.steps)
-    return WarmupStepDecay(learning_rate, warmup_steps, t.warmup_factor, t.milestones, t.gamma)
+        return WarmupCosineDecay(learning_rate, warmup_steps, t.warmup_factor, steps)
+    return WarmupStepDecay(learning_rate, warmup_steps, t.warmup_factor, milestones, t.gamma)
 
 
 def compile_model(config: Config, num_replicas: int = 1):
@@ -88,13 +118,14 @@ def train(config: Config, model_dir: str | Path, verbose: int | str = "auto") ->
                                   batch_size=config.train.batch_size, seed=config.train.seed)
     with strategy.scope():
         model = compile_model(config, replicas)
-    learning_rate, warmup_steps = scaled_learning_rate(config.train, replicas)
+    schedule = scaled_schedule(config.train, replicas)
     logger.info("global batch %d (%d per replica x %d replicas), learning rate %g, warm-up %d "
-                "steps", config.train.batch_size * replicas, config.train.batch_size, replicas,
-                learning_rate, warmup_steps)
+                "steps, %d steps, milestones %s", config.train.batch_size * replicas,
+                config.train.batch_size, replicas, schedule.learning_rate,
+                schedule.warmup_steps, schedule.steps, list(schedule.milestones))
     store = CheckpointStore(model_dir, model, model.optimizer, keep_last=config.train.keep_checkpoints)
     initial_epoch = restore_backup(store, strategy)
-    epochs = math.ceil(config.train.steps / config.train.steps_per_epoch)
+    epochs = math.ceil(schedule.steps / config.train.steps_per_epoch)
     if initial_epoch:
         logger.info("resuming from %s at epoch %d of %d", store.latest(), initial_epoch, epochs)
 
@@ -107,7 +138,8 @@ def train(config: Config, model_dir: str | Path, verbose: int | str = "auto") ->
         def evaluate_fn():
             return evaluate_model(model, config.data, val_data,
                                   batch_size=config.eval.batch_size, verbose=False,
-                                  keypoint_sigmas=config.eval.keypoint_oks_sigmas)
+                                  keypoint_sigmas=config.eval.keypoint_oks_sigmas,
+                                  backend=config.eval.backend)
 
     with worker_output_dir(model_dir, strategy) as output_dir:
         output_dir = Path(output_dir)
@@ -119,8 +151,9 @@ def train(config: Config, model_dir: str | Path, verbose: int | str = "auto") ->
             store, log_dir=output_dir / "logs", evaluate_fn=evaluate_fn,
             eval_every_epochs=config.train.eval_every_epochs)
         if initial_epoch < epochs:
-            model.fit(dataset, epochs=epochs, steps_per_epoch=config.train.steps_per_epoch,
-                      initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose)
+            with naming_input_errors(train_data):
+                model.fit(dataset, epochs=epochs, steps_per_epoch=config.train.steps_per_epoch,
+                          initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose)
             callback_lib.raise_if_diverged(callbacks)
         with atomic_path(output_dir / FINAL_WEIGHTS) as tmp:
             model.save_weights(tmp)

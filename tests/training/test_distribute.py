@@ -19,7 +19,8 @@ from mask_rcnn_tf.data.shapes import make_shapes
 from mask_rcnn_tf.modeling.mask_rcnn import LOSS_NAMES, LOSS_NORMALIZERS
 from mask_rcnn_tf.training.backup import restore_backup, worker_output_dir
 from mask_rcnn_tf.training.strategy import is_chief, read_tf_config, resolve_strategy_name
-from mask_rcnn_tf.training.train import compile_model, make_schedule, scaled_learning_rate
+from mask_rcnn_tf.training.train import (compile_model, make_schedule, scaled_learning_rate,
+                                         scaled_schedule)
 from tests.training.test_distribute_runs import CONFIG, TINY
 
 CLUSTER = {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}
@@ -106,14 +107,34 @@ def test_schedule_is_scaled_and_checked():
     config = _train_config(batch_size=2, reference_batch_size=16, learning_rate=0.02,
                            warmup_steps=1000, steps=9000, schedule="step", milestones=[8500])
     schedule = make_schedule(config, num_replicas=1)
-    # Warm-up from 1% (shapes.yaml) over 8000 steps, then 0.0025 until the milestone.
+    # Warm-up from 1% (shapes.yaml) over 8000 steps, then 0.0025 until the milestone, which
+    # stretches by 8 as well: 8500 steps of 16 images are 68000 steps of 2.
     assert float(schedule(4000)) == pytest.approx(0.0025 * (0.01 + 0.99 * 0.5))
     assert float(schedule(8000)) == pytest.approx(0.0025)
-    assert float(schedule(8500)) == pytest.approx(0.00025)
-    cosine = _train_config(batch_size=2, reference_batch_size=16, warmup_steps=1000, steps=5000)
-    with pytest.raises(ConfigError, match=r"train.steps \(5000\) must exceed the warm-up, 8000 "
-                                          r"steps once scaled to 1 replicas"):
+    assert float(schedule(67999)) == pytest.approx(0.0025)
+    assert float(schedule(68000)) == pytest.approx(0.00025)
+    cosine = _train_config(batch_size=2, reference_batch_size=16, warmup_steps=1000, steps=5000,
+                           scale_schedule=False)
+    with pytest.raises(ConfigError, match=r"train.steps \(5000 once scaled\) must exceed the "
+                                          r"warm-up, 8000 steps once scaled to 1 replicas"):
         make_schedule(cosine, num_replicas=1)
+
+
+def test_linear_scaling_rule_stretches_steps_and_milestones():
+    paper = _train_config(batch_size=2, reference_batch_size=16, learning_rate=0.02,
+                          warmup_steps=1000, steps=90000, milestones=[60000, 80000])
+    # 8 GPUs x 2 = the reference: the recipe as written.
+    assert scaled_schedule(paper.train, 8) == (0.02, 1000, 90000, (60000, 80000))
+    # One GPU x 2: an eighth of the rate for 8x the steps, the same images at every point.
+    assert scaled_schedule(paper.train, 1) == (0.0025, 8000, 720000, (480000, 640000))
+    # 2 hosts x 8 GPUs: twice the rate for half the steps.
+    assert scaled_schedule(paper.train, 16) == (0.04, 500, 45000, (30000, 40000))
+    # Turned off, or no explicit reference: steps are optimizer steps as configured.
+    off = _train_config(batch_size=2, reference_batch_size=16, steps=90000,
+                        milestones=[60000, 80000], scale_schedule=False)
+    assert scaled_schedule(off.train, 1)[2:] == (90000, (60000, 80000))
+    no_reference = _train_config(steps=900, milestones=[600])
+    assert scaled_schedule(no_reference.train, 4)[2:] == (900, (600,))
 
 
 @pytest.fixture(scope="module")
