@@ -126,7 +126,7 @@ def _config(args):
 
 def _load_model(args, config):
     from mask_rcnn_tf.modeling.factory import build_model
-    from mask_rcnn_tf.training.checkpoints import load_model_weights
+    from mask_rcnn_tf.weights.io import load_model_weights
 
     model = build_model(config.model, image_size=config.data.pad_size)
     load_model_weights(model, model_dir=args.model_dir, weights=args.weights)

@@ -30,7 +30,7 @@ from mask_rcnn_tf.export.serving_module import KEYPOINTS_FILE, LABELS_FILE, Serv
 from mask_rcnn_tf.export.versions import publish_version, resolve_version
 from mask_rcnn_tf.export.warmup import warmup_requests, write_warmup_file
 from mask_rcnn_tf.modeling.factory import build_model
-from mask_rcnn_tf.training.checkpoints import load_model_weights
+from mask_rcnn_tf.weights.io import load_model_weights
 
 logger = logging.getLogger("mask_rcnn_tf.export")
 
@@ -132,7 +132,8 @@ def save_servable(model, path, *, class_names, data_config, full_masks=False,
         serving = ServingModule(model, class_names=class_names, min_size=d.min_size,
                                 max_size=d.max_size, pad_size=d.pad_size, mean=d.mean, std=d.std,
                                 full_masks=full_masks, mask_threshold=mask_threshold,
-                                keypoint_names=keypoint_names, skeleton=skeleton)
+                                keypoint_names=keypoint_names, skeleton=skeleton,
+                                channel_order=d.channel_order)
         root, signatures = serving.saveable(labels_path, keypoints_path)
         tf.saved_model.save(root, path, signatures=signatures)
     write_warmup_file(path, warmup_requests())

@@ -247,8 +247,9 @@ def test_killed_worker_resumes_from_last_backup(shapes, tmp_path, processes):
     assert sorted(set(map(int, ran))) == list(range(backup_epoch + 1, 4)), ran
 
     from mask_rcnn_tf.config import load_config
-    from mask_rcnn_tf.training.checkpoints import CheckpointStore, load_model_weights
+    from mask_rcnn_tf.training.checkpoints import CheckpointStore
     from mask_rcnn_tf.training.train import compile_model
+    from mask_rcnn_tf.weights.io import load_model_weights
 
     config = load_config(CONFIG, TINY + shapes + steps)
     model = compile_model(config)
