@@ -157,9 +157,14 @@ def run(args):
         from mask_rcnn_tf.evaluation.evaluate import evaluate_model
         from mask_rcnn_tf.io_utils import atomic_write_json
 
+        from mask_rcnn_tf.weights.labels import label_schema_for
+
         config = _config(args)
         dataset = load_split(config.data, "val")
-        metrics = evaluate_model(_load_model(args, config), config.data, dataset,
+        model = _load_model(args, config)
+        # The classes of the schema beside the weights, when there is one, must fit the model.
+        label_schema_for(config, args.model_dir, args.weights, from_annotations=False)
+        metrics = evaluate_model(model, config.data, dataset,
                                  batch_size=config.eval.batch_size,
                                  mask_threshold=config.eval.mask_threshold,
                                  keypoint_sigmas=config.eval.keypoint_oks_sigmas)
@@ -167,11 +172,11 @@ def run(args):
         if args.output:
             atomic_write_json(args.output, metrics)
     elif args.command == "predict":
-        from mask_rcnn_tf.data.inputs import load_label_schema
         from mask_rcnn_tf.evaluation.predict import predict_images, read_image
+        from mask_rcnn_tf.weights.labels import label_schema_for
 
         config = _config(args)
-        schema = load_label_schema(config.data)
+        schema = label_schema_for(config, args.model_dir, args.weights)
         images = {path: read_image(path) for path in args.images}
         predict_images(_load_model(args, config), config, images, args.output_dir,
                        schema.categories, skeleton=schema.skeleton)

@@ -86,12 +86,43 @@ def coco_label_schema(contiguous=True, keypoints=False):
 
 
 def check_label_schema(schema, num_classes, num_keypoints):
-    """ValueError (one line naming the schema's file) if it does not fit the model's outputs."""
+    """ValueError (one line naming the schema's file) if it does not fit the model's outputs;
+    the same wording as export's checks of the names themselves (export/saved_model.py)."""
     if len(schema.categories) != num_classes - 1:
         raise ValueError(
-            f"{schema.annotations_path}: {len(schema.categories)} classes, but the model has "
-            f"model.num_classes={num_classes} ({num_classes - 1} classes besides background)")
+            f"{schema.annotations_path}: {len(schema.categories)} categories, but "
+            f"model.num_classes={num_classes} needs {num_classes - 1} class names (background "
+            "excluded)")
     if num_keypoints and len(schema.keypoint_names) != num_keypoints:
         raise ValueError(
-            f"{schema.annotations_path}: {len(schema.keypoint_names)} keypoint names, but the "
-            f"model has model.keypoints.num_keypoints={num_keypoints}")
+            f"{schema.annotations_path}: {len(schema.keypoint_names)} keypoint names in the "
+            f"categories' 'keypoints', but model.keypoints.num_keypoints={num_keypoints}")
+
+
+def label_schema_for(config, model_dir=None, weights=None, from_annotations=True):
+    """What the model loaded from `model_dir` or `weights` predicts, checked against `config`.
+
+    The schema beside the weights (find_label_schema) comes first; without one, the categories
+    of data.train.annotations (else data.val), as before weights carried their labels, or None
+    if not `from_annotations`.
+
+    Raises:
+      ValueError: no schema anywhere, or one that disagrees with model.num_classes or the
+        number of keypoints (one line naming the file).
+    """
+    from mask_rcnn_tf.config import ConfigError
+    from mask_rcnn_tf.data.inputs import load_label_schema
+    from mask_rcnn_tf.weights.io import resolve_weights
+
+    path = resolve_weights(model_dir, weights)
+    schema = find_label_schema(path)
+    if schema is None and not from_annotations:
+        return None
+    if schema is None:
+        try:
+            schema = load_label_schema(config.data)
+        except ConfigError:
+            raise ConfigError(f"{path}: no {SCHEMA_NAME} beside the weights and no "
+                              "data.train.annotations to read the class names from") from None
+    check_label_schema(schema, config.model.num_classes, config.model.keypoints.num_keypoints)
+    return schema

@@ -52,8 +52,26 @@ STEPS = ["train.steps=3", "train.steps_per_epoch=1"]
 def shapes(tmp_path_factory):
     folder = tmp_path_factory.mktemp("distribute") / "shapes"
     make_shapes(folder, num_images=12, seed=5, image_size=64)
-    return [f"data.train.annotations={folder / 'annotations.json'}",
+    data = [f"data.train.annotations={folder / 'annotations.json'}",
             f"data.train.images={folder / 'images'}"]
+    return data + [f"train.init_weights={_init_weights(folder.parent, data)}"]
+
+
+def _init_weights(folder, data):
+    """A .weights.h5 of the TINY model, random with non-trivial BatchNorm statistics: frozen
+    BatchNorm trains only from an init file (mask-rcnn train refuses it without one)."""
+    from mask_rcnn_tf.config import load_config
+    from mask_rcnn_tf.modeling.factory import build_model
+
+    config = load_config(CONFIG, TINY + data)
+    model = build_model(config.model, image_size=config.data.pad_size)
+    rng = np.random.default_rng(11)
+    for variable in model.weights:
+        if variable.path.endswith("moving_variance"):
+            variable.assign(rng.uniform(0.5, 2.0, variable.shape).astype(np.float32))
+    path = folder / "init.weights.h5"
+    model.save_weights(path)
+    return path
 
 
 def _env(temp_dir, tf_config=None):
