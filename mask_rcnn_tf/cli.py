@@ -36,6 +36,9 @@ def _parser():
     shapes.add_argument("--seed", type=int, required=True)
     shapes.add_argument("--image-size", type=int, default=128)
     shapes.add_argument("--overwrite", action="store_true")
+    shapes.add_argument("--shape-set", choices=("basic", "extra"), default="basic",
+                        help="basic: circle, square, triangle; extra: ring, cross, hexagon, "
+                             "diamond (the fine-tuning demo, configs/shapes_finetune.yaml)")
 
     figures = commands.add_parser("make-figures", help="write the synthetic stick-figure "
                                                        "keypoint dataset")
@@ -138,7 +141,8 @@ def run(args):
         from mask_rcnn_tf.data.shapes import make_shapes
 
         summary = make_shapes(args.output, args.num_images, args.seed,
-                              image_size=args.image_size, overwrite=args.overwrite)
+                              image_size=args.image_size, overwrite=args.overwrite,
+                              shape_set=args.shape_set)
         print(json.dumps(summary))
     elif args.command == "make-figures":
         from mask_rcnn_tf.data.figures import make_figures

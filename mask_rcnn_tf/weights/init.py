@@ -111,21 +111,24 @@ def _model_file_tensors(path, model_config):
     return {weight_key(v): np.asarray(v.numpy(), np.float32) for v in source.weights}
 
 
-def read_init_weights(path, model_config):
-    """Reads an init file (see the module docstring).
+def read_init_weights(path, config):
+    """Reads an init file (see the module docstring) and checks it against the run's config.
 
     Args:
       path: str, train.init_weights.
-      model_config: ModelConfig of the run (a .weights.h5 is read through its architecture).
+      config: Config of the run: a .weights.h5 is read through its model's architecture; a
+        backbone's architecture must match model.backbone; train.init_scope must ask for parts
+        that the file and the model both have.
 
     Returns:
       InitWeights.
 
     Raises:
       FileNotFoundError: no file at path.
-      ValueError: not a weights file this project reads, or one of another architecture; the
-        message names the file.
+      ValueError: not a weights file this project reads, one of another architecture, or a
+        scope that does not fit; the message names the file.
     """
+    model_config = config.model
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"train.init_weights: {path}: file not found")
@@ -147,7 +150,33 @@ def read_init_weights(path, model_config):
         tensors, attributes = keras_resnet_tensors(path)
         kind = attributes["source"]
     parts = tuple(part for part in PARTS if any(k.startswith(part + "/") for k in tensors))
-    return InitWeights(path, kind, tensors, parts, attributes)
+    init = InitWeights(path, kind, tensors, parts, attributes)
+    _check_scope(init, config)
+    if "backbone" in scoped_parts(init, config):
+        _check_backbone(init, config)
+    return init
+
+
+def scoped_parts(init, config):
+    """The parts train.init_scope sets from `init`."""
+    scope = config.train.init_scope
+    return init.parts if scope is None else SCOPES[scope]
+
+
+def _check_scope(init, config):
+    model_parts = [p for p in PARTS
+                   if p != "keypoint_head" or config.model.keypoints.num_keypoints]
+    scope = config.train.init_scope
+    parts = scoped_parts(init, config)
+    lacking = [p for p in parts if p not in init.parts and p in model_parts]
+    if lacking:
+        raise _error(init.path, f"holds only {'+'.join(init.parts)}, but train.init_scope="
+                                f"{scope} asks for {', '.join(lacking)} too: set "
+                                f"train.init_scope={'backbone' if init.parts == ('backbone',) else 'backbone+fpn'}")
+    extra = [p for p in parts if p in init.parts and p not in model_parts]
+    if extra:
+        raise _error(init.path, f"holds {', '.join(extra)} weights that the model has not: "
+                                "set train.init_scope to the parts to load")
 
 
 def _check_backbone(init, config):
@@ -179,7 +208,7 @@ def apply_init_weights(model, init, config):
 
     Args:
       model: a built MaskRCNN (under the run's strategy scope).
-      init: InitWeights (read_init_weights).
+      init: InitWeights (read_init_weights, which checked the scope and the backbone).
       config: Config of the run (model architecture, data preprocessing, train.init_scope).
 
     Returns:
@@ -187,23 +216,11 @@ def apply_init_weights(model, init, config):
       every part of the model; parts outside the scope list all their weights as fresh.
 
     Raises:
-      ValueError: the scope asks for parts the file lacks, the file holds parts the model lacks,
-        or, in the parts set, a weight is missing, extra or mis-shaped (other than the
+      ValueError: in the parts set, a weight is missing, extra or mis-shaped (other than the
         class-specific layers); nothing is assigned then.
     """
     scope = config.train.init_scope
-    parts = init.parts if scope is None else SCOPES[scope]
-    lacking = [p for p in parts if p not in init.parts and getattr(model, p, None) is not None]
-    if lacking:
-        raise _error(init.path, f"holds only {'+'.join(init.parts)}, but train.init_scope="
-                                f"{scope} asks for {', '.join(lacking)}: set train.init_scope="
-                                f"{'backbone' if init.parts == ('backbone',) else 'backbone+fpn'}")
-    extra = [p for p in parts if p in init.parts and getattr(model, p, None) is None]
-    if extra:
-        raise _error(init.path, f"holds {', '.join(extra)} weights that the model has not: "
-                                "set train.init_scope to the parts to load")
-    if "backbone" in parts:
-        _check_backbone(init, config)
+    parts = scoped_parts(init, config)
     pairs, report, missing, mismatched = [], {}, [], []
     used = set()
     for part in PARTS:

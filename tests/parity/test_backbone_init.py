@@ -30,7 +30,7 @@ def small_photo(photo):
 def _backbone_of(config_overrides, init_path):
     config = load_config(COCO_CONFIG, [f"train.init_weights={init_path}", *config_overrides])
     model = build_model(config.model, image_size=64)
-    report = apply_init_weights(model, read_init_weights(init_path, config.model), config)
+    report = apply_init_weights(model, read_init_weights(init_path, config), config)
     return model, config, report
 
 
