@@ -107,10 +107,10 @@ def train(config: Config, model_dir: str | Path, verbose: int | str = "auto") ->
     keras.utils.set_random_seed(config.train.seed)
     keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
 
-    train_data = load_split(config.data, "train")
     init = None
     if config.train.init_weights and latest_checkpoint(model_dir) is None:
         init = read_init_weights(config.train.init_weights, config)
+    train_data = load_split(config.data, "train")
     dataset = make_training_input(config.data, train_data, strategy,
                                   batch_size=config.train.batch_size, seed=config.train.seed)
     with strategy.scope():

@@ -131,7 +131,9 @@ def read_init_weights(path, config):
     model_config = config.model
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"train.init_weights: {path}: file not found")
+        raise FileNotFoundError(f"train.init_weights: {path}: file not found (an ImageNet "
+                                "backbone is made by mask-rcnn convert-torchvision, see README "
+                                "\"Start from pretrained weights\")")
     try:
         backbone = read_backbone_file(path)
     except OSError:

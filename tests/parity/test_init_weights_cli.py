@@ -56,9 +56,17 @@ def _fails(capsys, *argv):
     return err[len(prefix):].rstrip("\n")
 
 
-def test_coco_recipe_refuses_frozen_random_weights(tmp_path, capsys):
+def test_coco_recipe_refuses_frozen_random_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     model_dir = tmp_path / "model"
+    # As shipped, the config starts from pretrained/resnet50_imagenet.backbone.h5.
     message = _fails(capsys, "train", "--config", COCO, "--model-dir", model_dir)
+    assert message.startswith("train.init_weights: pretrained/resnet50_imagenet.backbone.h5: "
+                              "file not found (an ImageNet backbone is made by mask-rcnn "
+                              "convert-torchvision")
+    assert not model_dir.exists()
+    message = _fails(capsys, "train", "--config", COCO, "--model-dir", model_dir, "--set",
+                     "train.init_weights=null")
     assert message.startswith("model.backbone.norm=frozen_bn and model.backbone.freeze_at=2 "
                               "freezes random weights without train.init_weights: set "
                               "train.init_weights=FILE")
