@@ -36,6 +36,7 @@ SCOPES = {"backbone": ("backbone",), "backbone+fpn": ("backbone", "fpn"), "all":
 # "<part>/<layer>" of the layers whose shape follows model.num_classes or the keypoint count.
 CLASS_SPECIFIC = ("box_head/class_logits", "box_head/box_deltas", "mask_head/logits",
                   "keypoint_head/kps_score_lowres")
+_BATCH_NORMS = ("frozen_bn", "bn")
 # Side of the dummy image that builds the model a .weights.h5 file is read into.
 _BUILD_SIZE = 128
 _MAX_LISTED = 6
@@ -98,17 +99,26 @@ def _model_file_tensors(path, model_config):
     if num_classes is None:
         raise _error(path, "a .weights.h5 without a box classifier: not a Mask R-CNN")
     keypoints = dataclasses.replace(model_config.keypoints, num_keypoints=num_keypoints)
-    source_config = dataclasses.replace(model_config, num_classes=num_classes,
-                                        keypoints=keypoints)
-    source = build_model(source_config, image_size=_BUILD_SIZE)
-    try:
-        source.load_weights(path)
-    except (ValueError, OSError, KeyError) as error:
-        raise _error(path, f"does not fit model {model_config.backbone.depth}-layer "
-                           f"{'ResNeXt' if model_config.backbone.groups > 1 else 'ResNet'} "
-                           f"of this config (another architecture, depth or width?): "
-                           f"{one_line(error)[:200]}") from None
-    return {weight_key(v): np.asarray(v.numpy(), np.float32) for v in source.weights}
+    # Frozen and trainable BatchNorm hold the same four tensors but are other Keras classes,
+    # which load_weights tells apart: a COCO model (frozen) may start a "bn" run, and back.
+    norms = [model_config.backbone.norm] + [
+        n for n in _BATCH_NORMS if n != model_config.backbone.norm and
+        model_config.backbone.norm in _BATCH_NORMS]
+    errors = []
+    for norm in norms:
+        source_config = dataclasses.replace(
+            model_config, num_classes=num_classes, keypoints=keypoints,
+            backbone=dataclasses.replace(model_config.backbone, norm=norm))
+        source = build_model(source_config, image_size=_BUILD_SIZE)
+        try:
+            source.load_weights(path)
+            return {weight_key(v): np.asarray(v.numpy(), np.float32) for v in source.weights}
+        except (ValueError, OSError, KeyError) as error:
+            errors.append(error)
+    raise _error(path, f"does not fit model {model_config.backbone.depth}-layer "
+                       f"{'ResNeXt' if model_config.backbone.groups > 1 else 'ResNet'} "
+                       f"of this config (another architecture, depth or width?): "
+                       f"{one_line(errors[0])[:200]}")
 
 
 def read_init_weights(path, config):
@@ -149,7 +159,10 @@ def read_init_weights(path, config):
     else:
         from mask_rcnn_tf.weights.keras_applications import keras_resnet_tensors
 
-        tensors, attributes = keras_resnet_tensors(path)
+        try:
+            tensors, attributes = keras_resnet_tensors(path)
+        except ValueError as error:
+            raise ValueError(f"train.init_weights: {error}") from None
         kind = attributes["source"]
     parts = tuple(part for part in PARTS if any(k.startswith(part + "/") for k in tensors))
     init = InitWeights(path, kind, tensors, parts, attributes)

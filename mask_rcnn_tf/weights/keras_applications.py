@@ -58,8 +58,8 @@ def _load_keras_resnet(path):
             return depth, model
         except (ValueError, OSError, KeyError) as error:
             errors.append(f"{name}: {one_line(error)[:120]}")
-    raise ValueError(f"{path}: not a Keras Applications ResNet50 or ResNet101 weights file "
-                     f"({'; '.join(errors)})")
+    raise ValueError(f"{path}: not a backbone file, a Mask R-CNN .weights.h5 or a Keras "
+                     f"Applications ResNet50/ResNet101 weights file ({'; '.join(errors)})")
 
 
 def keras_resnet_tensors(path):

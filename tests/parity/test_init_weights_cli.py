@@ -132,3 +132,17 @@ def test_bad_init_files(case, shapes, resnet18_backbone, tmp_path, capsys):
     _fails(capsys, "train", "--config", SHAPES, "--model-dir", fresh_dir, "--set", *TINY,
            *shapes, f"train.init_weights={path}", *extra)
     assert not fresh_dir.exists()
+
+
+def test_hdf5_file_of_something_else(shapes, tmp_path, capsys):
+    import h5py
+
+    path = tmp_path / "table.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("values", data=[1.0, 2.0])
+    message = _fails(capsys, "train", "--config", SHAPES, "--model-dir", tmp_path / "model",
+                     "--set", *TINY, *shapes, f"train.init_weights={path}")
+    assert message.startswith(f"train.init_weights: {path}: not a backbone file, a Mask R-CNN "
+                              ".weights.h5 or a Keras Applications ResNet50/ResNet101 weights "
+                              "file (ResNet50: ")
+    assert not (tmp_path / "model").exists()

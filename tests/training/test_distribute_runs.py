@@ -228,7 +228,8 @@ def test_two_workers_equal_one_device(one_device, shapes, tmp_path, processes):
     _assert_same_weights(one_device, model_dir)
     # Worker 1 wrote its checkpoints into a temporary folder, which is gone.
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "ckpt-00001", "ckpt-00002", "ckpt-00003", "config.yaml", "logs", "model.weights.h5"]
+        "ckpt-00001", "ckpt-00002", "ckpt-00003", "config.yaml", "labels.json", "logs",
+        "model.weights.h5"]
 
 
 def test_killed_worker_resumes_from_last_backup(shapes, tmp_path, processes):

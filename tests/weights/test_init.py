@@ -61,6 +61,14 @@ def test_other_class_count_loads_all_but_the_class_specific_layers(source):
     assert report["backbone"]["fresh"] == [] and report["fpn"]["fresh"] == []
 
 
+def test_trainable_batchnorm_file_starts_a_frozen_batchnorm_model(source):
+    path, values = source
+    model, config, _ = _target(path, "model.backbone.norm=frozen_bn")
+    apply_init_weights(model, read_init_weights(path, config), config)
+    for variable in model.weights:
+        np.testing.assert_array_equal(variable.numpy(), values[weight_key(variable)])
+
+
 @pytest.mark.parametrize("scope,loaded_parts", [("backbone", {"backbone"}),
                                                 ("backbone+fpn", {"backbone", "fpn"})])
 def test_scope_limits_the_parts_loaded(source, scope, loaded_parts):
