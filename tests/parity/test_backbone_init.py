@@ -103,8 +103,7 @@ def _keras_resnet50_random(seed):
     return network
 
 
-@pytest.mark.parametrize("file_kind", [
-    "legacy_h5", pytest.param("weights_h5", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("file_kind", ["legacy_h5", "weights_h5"])
 def test_keras_applications_resnet50_loaded_matches_its_stage_outputs(
         file_kind, small_photo, tmp_path):
     import h5py
