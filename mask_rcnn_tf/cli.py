@@ -36,6 +36,9 @@ def _parser():
     shapes.add_argument("--seed", type=int, required=True)
     shapes.add_argument("--image-size", type=int, default=128)
     shapes.add_argument("--overwrite", action="store_true")
+    shapes.add_argument("--shape-set", choices=("basic", "extra"), default="basic",
+                        help="basic: circle, square, triangle; extra: ring, cross, hexagon, "
+                             "diamond (the fine-tuning demo, configs/shapes_finetune.yaml)")
 
     figures = commands.add_parser("make-figures", help="write the synthetic stick-figure "
                                                        "keypoint dataset")
@@ -141,7 +144,7 @@ def _config(args):
 
 def _load_model(args, config):
     from mask_rcnn_tf.modeling.factory import build_model
-    from mask_rcnn_tf.training.checkpoints import load_model_weights
+    from mask_rcnn_tf.weights.io import load_model_weights
 
     model = build_model(config.model, image_size=config.data.pad_size)
     load_model_weights(model, model_dir=args.model_dir, weights=args.weights)
@@ -153,7 +156,8 @@ def run(args):
         from mask_rcnn_tf.data.shapes import make_shapes
 
         summary = make_shapes(args.output, args.num_images, args.seed,
-                              image_size=args.image_size, overwrite=args.overwrite)
+                              image_size=args.image_size, overwrite=args.overwrite,
+                              shape_set=args.shape_set)
         print(json.dumps(summary))
     elif args.command == "make-figures":
         from mask_rcnn_tf.data.figures import make_figures
@@ -178,9 +182,14 @@ def run(args):
         from mask_rcnn_tf.evaluation.evaluate import evaluate_model
         from mask_rcnn_tf.io_utils import atomic_write_json
 
+        from mask_rcnn_tf.weights.labels import label_schema_for
+
         config = _config(args)
         dataset = load_split(config.data, "val")
-        metrics = evaluate_model(_load_model(args, config), config.data, dataset,
+        model = _load_model(args, config)
+        # The classes of the schema beside the weights, when there is one, must fit the model.
+        label_schema_for(config, args.model_dir, args.weights, from_annotations=False)
+        metrics = evaluate_model(model, config.data, dataset,
                                  batch_size=config.eval.batch_size,
                                  mask_threshold=config.eval.mask_threshold,
                                  keypoint_sigmas=config.eval.keypoint_oks_sigmas,
@@ -189,11 +198,11 @@ def run(args):
         if args.output:
             atomic_write_json(args.output, metrics)
     elif args.command == "predict":
-        from mask_rcnn_tf.data.inputs import load_label_schema
         from mask_rcnn_tf.evaluation.predict import predict_images, read_image
+        from mask_rcnn_tf.weights.labels import label_schema_for
 
         config = _config(args)
-        schema = load_label_schema(config.data)
+        schema = label_schema_for(config, args.model_dir, args.weights)
         images = {path: read_image(path) for path in args.images}
         predict_images(_load_model(args, config), config, images, args.output_dir,
                        schema.categories, skeleton=schema.skeleton)

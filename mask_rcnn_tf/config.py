@@ -34,6 +34,8 @@ class ConfigError(ValueError):
 
 # tf.distribute strategies of `train.strategy` (see training/strategy.py).
 STRATEGY_NAMES = ("auto", "one_device", "mirrored", "multi_worker")
+# Parts of the model `train.init_weights` may set (weights/init.py); None: all the file holds.
+INIT_SCOPES = (None, "backbone", "backbone+fpn", "all")
 
 # COCO metric implementations of `eval.backend` (see evaluation/coco_eval.py).
 EVAL_BACKENDS = ("pycocotools", "faster_coco_eval")
@@ -149,6 +151,10 @@ class DataConfig:
     flip_probability: float = 0.5
     mean: tuple[float, ...] = (123.675, 116.28, 103.53)  # RGB, 0-255 scale
     std: tuple[float, ...] = (58.395, 57.12, 57.375)
+    # Channel order the network sees: "rgb" (torchvision) or "bgr" (Caffe-style weights such as
+    # Keras Applications' ResNet50, with mean [103.939, 116.779, 123.68] and std [1, 1, 1]).
+    # mean and std are given in this order.
+    channel_order: str = "rgb"
     shuffle_buffer: int = 1024
     # For keypoint datasets: the index each keypoint takes under a horizontal flip.
     keypoint_flip_map: tuple[int, ...] = ()
@@ -195,6 +201,12 @@ class TrainConfig:
     keep_checkpoints: int = 3
     eval_every_epochs: int = 0  # 0: no evaluation during training
     seed: int = 0
+    # Weights a new run starts from (weights/init.py): a backbone file (convert-torchvision of
+    # an ImageNet classifier), a Keras Applications ResNet50/101 .h5, a .weights.h5 written by
+    # train or convert-torchvision. Ignored when the run resumes from its own checkpoint.
+    init_weights: str | None = None
+    # backbone | backbone+fpn | all; null: every part the file holds.
+    init_scope: str | None = None
 
 
 @dataclass(frozen=True)
@@ -368,6 +380,8 @@ def validate(config: Config) -> None:
         (sorted(d.keypoint_flip_map) == list(range(len(d.keypoint_flip_map))), f"data.keypoint_flip_map must be a permutation of 0..K-1, got {list(d.keypoint_flip_map)}"),
         (d.service_address is None or ":" in d.service_address, f"data.service_address must be HOST:PORT of a tf.data service dispatcher, got {d.service_address!r}"),
         (len(d.mean) == 3 and len(d.std) == 3, "data.mean and data.std need 3 values (RGB)"),
+        (d.channel_order in ("rgb", "bgr"), f"data.channel_order must be rgb or bgr, got {d.channel_order!r}"),
+        (t.init_scope in INIT_SCOPES, f"train.init_scope must be null, {', '.join(s for s in INIT_SCOPES if s)}, got {t.init_scope!r}"),
         (0 < d.min_size <= d.max_size, f"data.min_size ({d.min_size}) must be positive and <= data.max_size ({d.max_size})"),
         (0.0 <= d.flip_probability <= 1.0, f"data.flip_probability must be in [0, 1], got {d.flip_probability}"),
         (config.eval.backend in EVAL_BACKENDS, f"eval.backend must be one of {', '.join(EVAL_BACKENDS)}, got {config.eval.backend!r}"),

@@ -1,10 +1,10 @@
 """Weight converters from other frameworks' checkpoints (importable without those frameworks)."""
 
+from mask_rcnn_tf.convert.checkpoint import convert_torchvision_checkpoint
 from mask_rcnn_tf.convert.torchvision import (
     COCO_CATEGORY_IDS,
     CheckpointError,
     assign_torchvision_weights,
-    convert_torchvision_checkpoint,
     read_torch_checkpoint,
     torchvision_weights,
 )

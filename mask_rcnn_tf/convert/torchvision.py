@@ -47,7 +47,6 @@ _NORM_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
 _DELTA_ORDER = np.array([1, 0, 3, 2])
 _MAX_LISTED = 12
 _COMPONENTS = ("backbone", "fpn", "rpn_head", "box_head", "mask_head", "keypoint_head")
-_BUILD_SIZE = 128
 # torchvision's COCO models have 91 outputs indexed by COCO category id (0 background, 11 ids
 # unused); this project numbers the 80 categories 1..80 in id order (data/coco.py).
 COCO_CATEGORY_IDS = (
@@ -358,46 +357,3 @@ def read_torch_checkpoint(path):
             f"(save model.state_dict())")
     return {key: value.detach().to(torch.float32).numpy() if value.is_floating_point()
             else value.numpy() for key, value in loaded.items()}
-
-
-def convert_torchvision_checkpoint(config, checkpoint, output, coco_contiguous=False,
-                                   allow_missing=()):
-    """Converts a torchvision Mask R-CNN .pth file into a Keras .weights.h5 file.
-
-    Args:
-        config: Config whose model matches the checkpoint (for torchvision's COCO model:
-            configs/maskrcnn_r50_fpn_torchvision.yaml).
-        checkpoint: str or os.PathLike, the .pth file (a state dict, or a dict holding one
-            under "model").
-        output: str or os.PathLike ending in ".weights.h5"; written atomically.
-        coco_contiguous: keep background and the 80 COCO categories of the 91 outputs
-            (COCO_CATEGORY_IDS), as classes 0..80 (config model.num_classes 81), so the
-            model numbers COCO as `evaluate` and `predict` do; otherwise class = COCO id.
-        allow_missing: see torchvision_weights (a Keypoint R-CNN checkpoint: ("mask_head",)).
-
-    Returns:
-        dict with "output" (path) and "tensors" (number of weights written).
-
-    Raises:
-        ValueError: output does not end in .weights.h5; CheckpointError (a ValueError) as in
-            read_torch_checkpoint and torchvision_weights.
-        FileNotFoundError: checkpoint missing, or the output folder does not exist.
-    """
-    from mask_rcnn_tf.io_utils import atomic_path
-    from mask_rcnn_tf.modeling.factory import build_model
-
-    output = os.fspath(output)
-    if not output.endswith(".weights.h5"):
-        raise ValueError(f"--output {output}: the file name must end in .weights.h5")
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"--output {output}: folder {folder} does not exist")
-    state_dict = read_torch_checkpoint(checkpoint)
-    # Weights do not depend on the input size: a small dummy image builds them quickly.
-    model = build_model(config.model, image_size=_BUILD_SIZE)
-    classes = (0,) + COCO_CATEGORY_IDS if coco_contiguous else None
-    count = assign_torchvision_weights(model, state_dict, os.fspath(checkpoint), classes,
-                                       allow_missing)
-    with atomic_path(output) as temp_path:
-        model.save_weights(temp_path)
-    return {"output": output, "tensors": count}

@@ -42,7 +42,7 @@ def make_dataset(config: DataConfig, dataset: CocoDataset, *, training: bool, ba
         max_size=config.max_size, pad_size=config.pad_size, max_instances=config.max_instances,
         mask_crop_size=config.mask_crop_size, flip_probability=config.flip_probability,
         mean=config.mean, std=config.std, shuffle_buffer=config.shuffle_buffer, seed=seed,
-        keypoint_flip_map=config.keypoint_flip_map or None)
+        keypoint_flip_map=config.keypoint_flip_map or None, channel_order=config.channel_order)
 
 
 def make_training_input(config: DataConfig, dataset: CocoDataset, strategy, *, batch_size: int,

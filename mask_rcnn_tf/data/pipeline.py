@@ -136,12 +136,15 @@ def resize_scale(height, width, min_size, max_size):
 
 
 def preprocess_image(image, *, min_size, max_size, pad_size, mean=IMAGENET_MEAN,
-                     std=IMAGENET_STD):
+                     std=IMAGENET_STD, channel_order="rgb"):
     """Resizes, normalizes and pads one image as the model expects it (training and serving).
 
     Args:
         image: uint8 or float [h, w, 3] RGB, 0..255.
         min_size, max_size: resize targets (see resize_scale); pad_size: side of the output.
+        mean, std: per channel, in `channel_order`, 0..255 scale.
+        channel_order: "rgb", or "bgr" to reverse the channels before normalizing (Caffe-style
+            weights, e.g. Keras Applications' ResNet50).
 
     Returns:
         (image float32 [pad_size, pad_size, 3] normalized, the resized image at the top-left;
@@ -152,6 +155,8 @@ def preprocess_image(image, *, min_size, max_size, pad_size, mean=IMAGENET_MEAN,
     resized_size = tf.cast(tf.round(size * scale), tf.int32)
     image = tf.image.resize(tf.cast(image, tf.float32), resized_size, method="bilinear",
                             antialias=False)
+    if channel_order == "bgr":
+        image = image[..., ::-1]
     image = (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
     image = tf.image.pad_to_bounding_box(image, 0, 0, pad_size, pad_size)
     image.set_shape([pad_size, pad_size, 3])
@@ -224,7 +229,8 @@ def decode_json_record(record):
 
 
 def _make_example_fn(*, training, min_size, max_size, pad_size, max_instances, mask_crop_size,
-                     flip_probability, mean, std, keypoint_flip_map, decode=decode_json_record):
+                     flip_probability, mean, std, keypoint_flip_map, channel_order="rgb",
+                     decode=decode_json_record):
     def example(record, flip_seed=None):
         record = decode(record)
         image, masks = record["image"], record["masks"]
@@ -233,7 +239,8 @@ def _make_example_fn(*, training, min_size, max_size, pad_size, max_instances, m
         targets = {"boxes": boxes, "mask_crops": crop_masks(masks, boxes, mask_crop_size)}
 
         image, resized_size, scale = preprocess_image(
-            image, min_size=min_size, max_size=max_size, pad_size=pad_size, mean=mean, std=std)
+            image, min_size=min_size, max_size=max_size, pad_size=pad_size, mean=mean, std=std,
+            channel_order=channel_order)
         targets["boxes"] = boxes * scale
         if "keypoints" in record:
             keypoints = record["keypoints"]
@@ -300,7 +307,8 @@ def _check_arguments(dataset, batch_size, min_size, max_size, pad_size, max_inst
 
 def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size, max_instances,
                   mask_crop_size, flip_probability=0.5, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                  shuffle_buffer=1024, seed=None, repeat=None, keypoint_flip_map=None):
+                  shuffle_buffer=1024, seed=None, repeat=None, keypoint_flip_map=None,
+                  channel_order="rgb"):
     """Builds the batched input pipeline over a loaded COCO dataset.
 
     Training: shuffle, repeat, random horizontal flip, batches of exactly batch_size. Evaluation:
@@ -327,6 +335,7 @@ def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size
         repeat: repeat forever (True) or stop after one pass (False); None: repeat when training.
         keypoint_flip_map: for datasets with keypoints, the index each keypoint takes under a
             horizontal flip (left and right swap); required when training with flips.
+        channel_order: "rgb" or "bgr" (see preprocess_image); mean and std are in this order.
 
     Returns:
         tf.data.Dataset of feature dicts, keys and shapes as in this module's docstring.
@@ -351,7 +360,8 @@ def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size
         training=training, min_size=float(min_size), max_size=float(max_size),
         pad_size=int(pad_size), max_instances=int(max_instances),
         mask_crop_size=int(mask_crop_size), flip_probability=float(flip_probability),
-        mean=mean, std=std, keypoint_flip_map=keypoint_flip_map, decode=decode)
+        mean=mean, std=std, keypoint_flip_map=keypoint_flip_map, channel_order=channel_order,
+        decode=decode)
     if training:
         # One random value per element drives that element's flip: reproducible under a seed
         # regardless of how map's parallel calls are scheduled.

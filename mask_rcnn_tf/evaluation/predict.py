@@ -54,7 +54,7 @@ def predict_images(model, config: Config, images, output_dir, categories,
     for index, (path, image) in enumerate(images.items()):
         padded, resized_size, scale = preprocess_image(
             image, min_size=d.min_size, max_size=d.max_size, pad_size=d.pad_size,
-            mean=d.mean, std=d.std)
+            mean=d.mean, std=d.std, channel_order=d.channel_order)
         outputs = detect(padded[None], tf.cast(resized_size, tf.float32)[None])
         outputs = {key: np.asarray(value) for key, value in outputs.items()}
         outputs.update(image_ids=np.array([index]), scales=np.array([float(scale)]),

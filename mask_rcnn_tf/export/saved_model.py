@@ -25,12 +25,12 @@ import tempfile
 
 import tensorflow as tf
 
-from mask_rcnn_tf.data.inputs import load_label_schema
 from mask_rcnn_tf.export.serving_module import KEYPOINTS_FILE, LABELS_FILE, ServingModule
 from mask_rcnn_tf.export.versions import publish_version, resolve_version
 from mask_rcnn_tf.export.warmup import warmup_requests, write_warmup_file
 from mask_rcnn_tf.modeling.factory import build_model
-from mask_rcnn_tf.training.checkpoints import load_model_weights
+from mask_rcnn_tf.weights.io import load_model_weights
+from mask_rcnn_tf.weights.labels import label_schema_for
 
 logger = logging.getLogger("mask_rcnn_tf.export")
 
@@ -132,7 +132,8 @@ def save_servable(model, path, *, class_names, data_config, full_masks=False,
         serving = ServingModule(model, class_names=class_names, min_size=d.min_size,
                                 max_size=d.max_size, pad_size=d.pad_size, mean=d.mean, std=d.std,
                                 full_masks=full_masks, mask_threshold=mask_threshold,
-                                keypoint_names=keypoint_names, skeleton=skeleton)
+                                keypoint_names=keypoint_names, skeleton=skeleton,
+                                channel_order=d.channel_order)
         root, signatures = serving.saveable(labels_path, keypoints_path)
         tf.saved_model.save(root, path, signatures=signatures)
     write_warmup_file(path, warmup_requests())
@@ -143,7 +144,8 @@ def export_saved_model(config, export_base, *, model_dir=None, weights=None, ver
     """Builds the model of `config`, loads its weights and writes export_base/<version>/.
 
     Class names, and for a model with the keypoint branch keypoint names and skeleton, come from
-    the categories of data.train.annotations (else data.val), as for `mask-rcnn predict`. The
+    the label schema beside the weights (weights/labels.py), else from the categories of
+    data.train.annotations (else data.val), as for `mask-rcnn predict`. The
     version is checked before the model is built, so a refused export
     costs nothing; the folder appears atomically (export/versions.py).
 
@@ -164,7 +166,7 @@ def export_saved_model(config, export_base, *, model_dir=None, weights=None, ver
         ValueError, FileNotFoundError: bad version, class or keypoint names, config or weights.
     """
     version = resolve_version(export_base, version, overwrite)
-    schema = load_label_schema(config.data)
+    schema = label_schema_for(config, model_dir, weights)
     class_names = check_class_names([name for _, name in schema.categories],
                                     config.model.num_classes, schema.annotations_path)
     keypoint_names, skeleton = check_keypoint_schema(

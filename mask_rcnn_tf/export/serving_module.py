@@ -66,14 +66,15 @@ class ServingModule:
         keypoint_names: Kp names, one per keypoint of the model's keypoint branch; () for a
             model without it.
         skeleton: 1-based (a, b) keypoint pairs (COCO's `skeleton`).
-        min_size, max_size, pad_size, mean, std: the resizing and normalization the model was
-            trained with (data config).
+        min_size, max_size, pad_size, mean, std, channel_order: the resizing and normalization
+            the model was trained with (data config).
         full_masks: add the detection_masks_full output.
         mask_threshold: probability at which a pasted mask pixel is foreground.
     """
 
     def __init__(self, model, *, class_names, min_size, max_size, pad_size, mean, std,
-                 full_masks=False, mask_threshold=0.5, keypoint_names=(), skeleton=()):
+                 full_masks=False, mask_threshold=0.5, keypoint_names=(), skeleton=(),
+                 channel_order="rgb"):
         self.model = model
         self.class_names = tuple(class_names)
         num_keypoints = 0 if model.keypoint_head is None else model.keypoint_head.num_keypoints
@@ -84,7 +85,8 @@ class ServingModule:
         self.skeleton = tuple(tuple(limb) for limb in skeleton)
         self.pad_size = int(pad_size)
         self.preprocess_args = dict(min_size=min_size, max_size=max_size, pad_size=self.pad_size,
-                                    mean=tuple(mean), std=tuple(std))
+                                    mean=tuple(mean), std=tuple(std),
+                                    channel_order=channel_order)
         self.full_masks = bool(full_masks)
         self.mask_threshold = float(mask_threshold)
 

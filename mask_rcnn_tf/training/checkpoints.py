@@ -1,4 +1,4 @@
-"""Atomic training checkpoints (model, optimizer, epoch) and weights-only loading.
+"""Atomic training checkpoints (model, optimizer, epoch); weights-only loading is in weights/io.py.
 
 Layout of a model directory:
 
@@ -13,91 +13,26 @@ crash at any point leaves the previous checkpoints as they were.
 """
 
 import os
-import re
 import shutil
 
 import tensorflow as tf
 
 from mask_rcnn_tf.io_utils import fsync_path, fsync_tree
+from mask_rcnn_tf.weights.io import (
+    WEIGHTS_NAME,
+    latest_checkpoint,
+    list_checkpoints,
+    load_weights_file,
+    one_line,
+)
 
 STATE_NAME = "state"
-WEIGHTS_NAME = "model.weights.h5"
-_CHECKPOINT_RE = re.compile(r"^ckpt-(\d+)$")
 _TEMP_PREFIX = ".tmp-ckpt-"
 
 
 def checkpoint_path(model_dir, epoch):
     """Folder of the checkpoint saved after `epoch` epochs: `model_dir/ckpt-<epoch:05d>`."""
     return os.path.join(model_dir, f"ckpt-{epoch:05d}")
-
-
-def _checkpoints(model_dir):
-    """(epoch, path) of every complete checkpoint in `model_dir`, oldest first."""
-    if not os.path.isdir(model_dir):
-        return []
-    found = []
-    for entry in os.listdir(model_dir):
-        match = _CHECKPOINT_RE.match(entry)
-        path = os.path.join(model_dir, entry)
-        if match and os.path.isdir(path):
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def latest_checkpoint(model_dir):
-    """Path of the newest complete checkpoint folder in `model_dir`, or None if there is none.
-
-    Temporary folders left by an interrupted save are ignored.
-    """
-    found = _checkpoints(model_dir)
-    return found[-1][1] if found else None
-
-
-
-def _one_line(error):
-    text = " ".join(str(error).split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _load_weights_file(model, weights):
-    """Loads a `.weights.h5` file into a built `model`; returns the path."""
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"weights file not found: {weights}")
-    try:
-        model.load_weights(weights)
-    except (ValueError, OSError) as error:
-        raise ValueError(
-            f"cannot load weights file {weights} into model {model.name!r}: {_one_line(error)}"
-        ) from error
-    return weights
-
-
-def load_model_weights(model, model_dir=None, weights=None):
-    """Loads model weights for evaluation, prediction or export (no optimizer state).
-
-    Exactly one source: `model_dir` loads the newest checkpoint's `model.weights.h5`,
-    `weights` a `.weights.h5` file. The model must be built (called once) beforehand.
-
-    Args:
-      model: a built keras.Model.
-      model_dir: a training directory holding `ckpt-*` folders.
-      weights: path of a `.weights.h5` file.
-
-    Returns:
-      str, the path of the weights file that was loaded.
-
-    Raises:
-      ValueError: not exactly one source, or the file does not fit the model.
-      FileNotFoundError: no checkpoint in `model_dir`, or `weights` does not exist.
-    """
-    if (model_dir is None) == (weights is None):
-        raise ValueError("pass exactly one of model_dir or weights to load_model_weights")
-    if model_dir is not None:
-        latest = latest_checkpoint(model_dir)
-        if latest is None:
-            raise FileNotFoundError(f"no checkpoint in {model_dir}")
-        weights = os.path.join(latest, WEIGHTS_NAME)
-    return _load_weights_file(model, weights)
 
 
 class CheckpointStore:
@@ -138,7 +73,7 @@ class CheckpointStore:
           str, the path of the new checkpoint folder.
         """
         epoch = int(epoch)
-        existing = _checkpoints(self.model_dir)
+        existing = list_checkpoints(self.model_dir)
         if epoch < 0 or (existing and epoch <= existing[-1][0]):
             raise ValueError(
                 f"cannot save epoch {epoch} in {self.model_dir}: it must be >= 0 and newer "
@@ -162,7 +97,7 @@ class CheckpointStore:
             shutil.rmtree(temp, ignore_errors=True)
             raise
         fsync_path(self.model_dir)
-        for _, path in _checkpoints(self.model_dir)[: -self.keep_last]:
+        for _, path in list_checkpoints(self.model_dir)[: -self.keep_last]:
             shutil.rmtree(path)
         return final
 
@@ -189,7 +124,7 @@ class CheckpointStore:
             status.assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             raise ValueError(
-                f"checkpoint {path} does not match the model/optimizer: {_one_line(error)}"
+                f"checkpoint {path} does not match the model/optimizer: {one_line(error)}"
             ) from error
         return int(self._epoch.numpy())
 
@@ -201,7 +136,7 @@ class CheckpointStore:
         Returns:
           str, the weights file that was loaded.
         """
-        return _load_weights_file(self.model, os.path.join(path, WEIGHTS_NAME))
+        return load_weights_file(self.model, os.path.join(path, WEIGHTS_NAME))
 
     def _remove_temporaries(self):
         for entry in os.listdir(self.model_dir):

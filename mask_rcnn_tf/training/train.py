@@ -9,6 +9,7 @@ import keras
 import yaml
 
 from mask_rcnn_tf.config import Config, ConfigError, TrainConfig, to_dict
+from mask_rcnn_tf.data.coco import LabelSchema
 from mask_rcnn_tf.data.input_errors import naming_input_errors
 from mask_rcnn_tf.data.inputs import load_split, make_training_input
 from mask_rcnn_tf.io_utils import atomic_path
@@ -16,9 +17,12 @@ from mask_rcnn_tf.modeling.factory import build_model
 from mask_rcnn_tf.training import callbacks as callback_lib
 from mask_rcnn_tf.training.backup import restore_backup, worker_output_dir
 from mask_rcnn_tf.training.checkpoints import CheckpointStore
+from mask_rcnn_tf.weights.io import latest_checkpoint
 from mask_rcnn_tf.training.optimizer import build_optimizer
 from mask_rcnn_tf.training.schedules import WarmupCosineDecay, WarmupStepDecay
 from mask_rcnn_tf.training.strategy import make_strategy
+from mask_rcnn_tf.weights.init import apply_init_weights, read_init_weights
+from mask_rcnn_tf.weights.labels import SCHEMA_NAME, write_label_schema
 
 logger = logging.getLogger("mask_rcnn_tf.training")
 
@@ -96,6 +100,21 @@ def compile_model(config: Config, num_replicas: int = 1):
     return model
 
 
+def check_init_weights_needed(config: Config) -> None:
+    """ConfigError when the backbone is frozen (frozen BatchNorm, freeze_at > 0) but the run has
+    no train.init_weights: frozen statistics and frozen layers of random weights never learn."""
+    b = config.model.backbone
+    if config.train.init_weights is None and (b.norm == "frozen_bn" or b.freeze_at > 0):
+        frozen = " and ".join(filter(None, [
+            "model.backbone.norm=frozen_bn" if b.norm == "frozen_bn" else "",
+            f"model.backbone.freeze_at={b.freeze_at}" if b.freeze_at > 0 else ""]))
+        raise ConfigError(
+            f"{frozen} freezes random weights without train.init_weights: set "
+            "train.init_weights=FILE (an ImageNet backbone from convert-torchvision, see README "
+            "\"Start from pretrained weights\"), or train from scratch with model.backbone.norm="
+            "bn (or gn) and model.backbone.freeze_at=0")
+
+
 def train(config: Config, model_dir: str | Path, verbose: int | str = "auto") -> keras.Model:
     """Trains `config` into `model_dir` with `train.strategy`, resuming from its latest checkpoint.
 
@@ -104,15 +123,23 @@ def train(config: Config, model_dir: str | Path, verbose: int | str = "auto") ->
     `model_dir/model.weights.h5`. In a multi-worker run the chief writes these; the other
     workers write theirs into temporary folders (see training/backup.py), and every worker
     resumes from `model_dir`. Raises callbacks.TrainingDiverged on a non-finite loss.
+
+    A new run (no checkpoint in `model_dir`) starts from `train.init_weights` when set
+    (weights/init.py); a resumed run ignores it. The label schema of the training data is
+    written to `model_dir/labels.json`. Nothing is written into `model_dir` before the config,
+    the data and the init weights have been checked.
     """
+    check_init_weights_needed(config)
     # MultiWorkerMirroredStrategy must be created before TensorFlow's runtime starts.
     strategy = make_strategy(config.train.strategy)
     replicas = strategy.num_replicas_in_sync
     model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.train.seed)
     keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
 
+    init = None
+    if config.train.init_weights and latest_checkpoint(model_dir) is None:
+        init = read_init_weights(config.train.init_weights, config)
     train_data = load_split(config.data, "train")
     dataset = make_training_input(config.data, train_data, strategy,
                                   batch_size=config.train.batch_size, seed=config.train.seed)
@@ -128,6 +155,11 @@ def train(config: Config, model_dir: str | Path, verbose: int | str = "auto") ->
     epochs = math.ceil(schedule.steps / config.train.steps_per_epoch)
     if initial_epoch:
         logger.info("resuming from %s at epoch %d of %d", store.latest(), initial_epoch, epochs)
+        if config.train.init_weights:
+            logger.info("train.init_weights %s ignored: the run resumes from its own checkpoint",
+                        config.train.init_weights)
+    elif init is not None:
+        apply_init_weights(model, init, config)
 
     evaluate_fn = None
     if config.train.eval_every_epochs:
@@ -141,12 +173,16 @@ def train(config: Config, model_dir: str | Path, verbose: int | str = "auto") ->
                                   keypoint_sigmas=config.eval.keypoint_oks_sigmas,
                                   backend=config.eval.backend)
 
+    model_dir.mkdir(parents=True, exist_ok=True)
     with worker_output_dir(model_dir, strategy) as output_dir:
         output_dir = Path(output_dir)
         if output_dir != model_dir:
             store = CheckpointStore(output_dir, model, model.optimizer, keep_last=1)
         with atomic_path(output_dir / "config.yaml") as tmp:
             Path(tmp).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        write_label_schema(output_dir / SCHEMA_NAME, LabelSchema(
+            train_data.annotations_path, train_data.categories, train_data.keypoint_names,
+            train_data.skeleton))
         callbacks = callback_lib.make_callbacks(
             store, log_dir=output_dir / "logs", evaluate_fn=evaluate_fn,
             eval_every_epochs=config.train.eval_every_epochs)

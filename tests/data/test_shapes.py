@@ -95,3 +95,28 @@ def test_refuses_non_empty_folder_unless_overwrite(tmp_path):
 def test_rejects_too_small_image_size(tmp_path):
     with pytest.raises(ValueError, match="image_size must be an integer >= 51, got 32"):
         make_shapes(tmp_path / "out", num_images=1, seed=0, image_size=32)
+
+
+@pytest.mark.parametrize("kind,area", [
+    ("ring", np.pi * (20 ** 2 - 10 ** 2)),                  # outer diameter 40, inner 20
+    ("cross", 2 * 40 * 40 / 3 - (40 / 3) ** 2),              # two 40 x 40/3 bars, overlap once
+    ("hexagon", 3 * np.sqrt(3) / 2 * 20 ** 2),               # circumradius 20
+    ("diamond", 2 * 20 * 10),                                # diagonals 40 and 20
+])
+def test_extra_shapes_have_their_geometric_area(kind, area):
+    from mask_rcnn_tf.data.shapes import _shape_mask
+
+    mask, _, _ = _shape_mask(kind, 40.0, 0.3, 50.0, 50.0)
+    assert abs(mask.sum() - area) / area < 0.03
+
+
+def test_extra_shape_set_has_its_own_four_categories(tmp_path):
+    summary = make_shapes(tmp_path / "extra", num_images=12, seed=3, image_size=64,
+                          shape_set="extra")
+    coco = COCO(summary["annotations_path"])
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == [
+        "ring", "cross", "hexagon", "diamond"]
+    assert set(summary["instances_per_category"]) == {"ring", "cross", "hexagon", "diamond"}
+    assert summary["num_annotations"] == len(coco.getAnnIds()) > 0
+    with pytest.raises(ValueError, match="--shape-set must be one of basic, extra"):
+        make_shapes(tmp_path / "bad", num_images=1, seed=0, shape_set="stars")

@@ -170,14 +170,26 @@ def test_cli_truncated_file(checkpoint, tmp_path, capsys):
 
 
 def test_cli_foreign_checkpoint(tmp_path, capsys):
-    """An ImageNet ResNet-50 classifier: nothing maps."""
-    foreign = tmp_path / "resnet50.pth"
-    torch.save(torchvision.models.resnet50().state_dict(), foreign)
+    """A MobileNet classifier is neither a ResNet classifier nor a Mask R-CNN: nothing maps."""
+    foreign = tmp_path / "mobilenet.pth"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), foreign)
     err = _fails(capsys, "convert-torchvision", "--checkpoint", str(foreign),
                  "--output", str(tmp_path / "out.weights.h5"), "--config", str(CONFIG))
     assert f"{foreign}: not a torchvision Mask R-CNN state dict?" in err
     assert "307 missing: backbone.body.conv1.weight" in err
-    assert "unexpected: bn1.bias" in err
+    assert "unexpected: classifier.0.bias" in err
+
+
+def test_cli_classifier_needs_a_backbone_file_name(tmp_path, capsys):
+    """An ImageNet ResNet-18 classifier is converted to a backbone file, not a .weights.h5."""
+    classifier = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), classifier)
+    output = tmp_path / "out.weights.h5"
+    err = _fails(capsys, "convert-torchvision", "--checkpoint", str(classifier),
+                 "--output", str(output))
+    assert f"{classifier} is an ImageNet classifier" in err
+    assert "name it NAME.backbone.h5" in err
+    assert not output.exists()
 
 
 def test_cli_not_a_state_dict_and_bad_output(tmp_path, checkpoint, capsys):

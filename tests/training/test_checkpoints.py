@@ -4,12 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from mask_rcnn_tf.training.checkpoints import (
-    CheckpointStore,
-    checkpoint_path,
-    latest_checkpoint,
-    load_model_weights,
-)
+from mask_rcnn_tf.training.checkpoints import CheckpointStore, checkpoint_path
+from mask_rcnn_tf.weights.io import latest_checkpoint, load_model_weights
 
 
 def _randomize(model, seed):

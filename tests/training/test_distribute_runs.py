@@ -52,8 +52,26 @@ STEPS = ["train.steps=3", "train.steps_per_epoch=1"]
 def shapes(tmp_path_factory):
     folder = tmp_path_factory.mktemp("distribute") / "shapes"
     make_shapes(folder, num_images=12, seed=5, image_size=64)
-    return [f"data.train.annotations={folder / 'annotations.json'}",
+    data = [f"data.train.annotations={folder / 'annotations.json'}",
             f"data.train.images={folder / 'images'}"]
+    return data + [f"train.init_weights={_init_weights(folder.parent, data)}"]
+
+
+def _init_weights(folder, data):
+    """A .weights.h5 of the TINY model, random with non-trivial BatchNorm statistics: frozen
+    BatchNorm trains only from an init file (mask-rcnn train refuses it without one)."""
+    from mask_rcnn_tf.config import load_config
+    from mask_rcnn_tf.modeling.factory import build_model
+
+    config = load_config(CONFIG, TINY + data)
+    model = build_model(config.model, image_size=config.data.pad_size)
+    rng = np.random.default_rng(11)
+    for variable in model.weights:
+        if variable.path.endswith("moving_variance"):
+            variable.assign(rng.uniform(0.5, 2.0, variable.shape).astype(np.float32))
+    path = folder / "init.weights.h5"
+    model.save_weights(path)
+    return path
 
 
 def _env(temp_dir, tf_config=None):
@@ -210,7 +228,8 @@ def test_two_workers_equal_one_device(one_device, shapes, tmp_path, processes):
     _assert_same_weights(one_device, model_dir)
     # Worker 1 wrote its checkpoints into a temporary folder, which is gone.
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "ckpt-00001", "ckpt-00002", "ckpt-00003", "config.yaml", "logs", "model.weights.h5"]
+        "ckpt-00001", "ckpt-00002", "ckpt-00003", "config.yaml", "labels.json", "logs",
+        "model.weights.h5"]
 
 
 def test_killed_worker_resumes_from_last_backup(shapes, tmp_path, processes):
@@ -247,8 +266,9 @@ def test_killed_worker_resumes_from_last_backup(shapes, tmp_path, processes):
     assert sorted(set(map(int, ran))) == list(range(backup_epoch + 1, 4)), ran
 
     from mask_rcnn_tf.config import load_config
-    from mask_rcnn_tf.training.checkpoints import CheckpointStore, load_model_weights
+    from mask_rcnn_tf.training.checkpoints import CheckpointStore
     from mask_rcnn_tf.training.train import compile_model
+    from mask_rcnn_tf.weights.io import load_model_weights
 
     config = load_config(CONFIG, TINY + shapes + steps)
     model = compile_model(config)
