@@ -25,6 +25,7 @@ from mask_rcnn_tf.weights.io import (
     BACKBONE_ATTRIBUTES,
     one_line,
     read_backbone_file,
+    strict_load_weights,
     weight_key,
 )
 
@@ -111,7 +112,7 @@ def _model_file_tensors(path, model_config):
             backbone=dataclasses.replace(model_config.backbone, norm=norm))
         source = build_model(source_config, image_size=_BUILD_SIZE)
         try:
-            source.load_weights(path)
+            strict_load_weights(source, path)
             return {weight_key(v): np.asarray(v.numpy(), np.float32) for v in source.weights}
         except (ValueError, OSError, KeyError) as error:
             errors.append(error)

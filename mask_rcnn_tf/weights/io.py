@@ -14,6 +14,7 @@ holds (BACKBONE_ATTRIBUTES) and the preprocessing its weights expect.
 
 import os
 import re
+import warnings
 
 import numpy as np
 
@@ -52,12 +53,35 @@ def one_line(error):
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+class PartialLoadError(ValueError):
+    """Part of a weights file did not fit the model (Keras only warned about it)."""
+
+
+def strict_load_weights(model, path):
+    """`model.load_weights(path)` that fails where Keras would load only part of the file.
+
+    Keras 3's saving_lib meets a nested container of the model without a matching group in the
+    file with a UserWarning ("Skipping nested container ... Affected layers will retain their
+    freshly-initialized weights") and goes on: a model that looks loaded but is partly random.
+    Here that warning is an error.
+
+    Raises:
+      PartialLoadError: the warning's text.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Skipping", category=UserWarning)
+        try:
+            model.load_weights(path)
+        except UserWarning as warning:
+            raise PartialLoadError(str(warning)) from None
+
+
 def load_weights_file(model, weights):
     """Loads a `.weights.h5` file into a built `model`; returns the path."""
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"weights file not found: {weights}")
     try:
-        model.load_weights(weights)
+        strict_load_weights(model, weights)
     except (ValueError, OSError) as error:
         raise ValueError(
             f"cannot load weights file {weights} into model {model.name!r}: {one_line(error)}"

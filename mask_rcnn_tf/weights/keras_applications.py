@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from mask_rcnn_tf.weights.io import one_line
+from mask_rcnn_tf.weights.io import one_line, strict_load_weights
 
 # depth -> the Keras Applications constructor name.
 _MODELS = {50: "ResNet50", 101: "ResNet101"}
@@ -54,7 +54,7 @@ def _load_keras_resnet(path):
     for depth, name in _MODELS.items():
         model = getattr(keras.applications, name)(weights=None, include_top=False)
         try:
-            model.load_weights(path)
+            strict_load_weights(model, path)
             return depth, model
         except (ValueError, OSError, KeyError) as error:
             errors.append(f"{name}: {one_line(error)[:120]}")
