@@ -160,7 +160,8 @@ class DataConfig:
 
     @property
     def pad_size(self) -> int:
-        """Side of the square every image is padded to: a multiple of the largest stride (32)."""
+        """Side of the square every image is padded to with pad_mode square: max_size rounded
+        up to a multiple of the largest stride (32)."""
         return int(math.ceil(self.max_size / 32) * 32)
 
 

@@ -1,19 +1,17 @@
 """The SavedModel's signatures pad each request to its largest resized image, rounded up to a
 multiple of 32 (issue 14): an 800 x 1333 JPEG reaches the backbone as 800 x 1344, not as the
-1344 square; with data.pad_mode square they still pad to the square."""
+1344 square. (serving_tensor shares the padding code, ServingModule._detect.)"""
 
 from pathlib import Path
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from mask_rcnn_tf.config import load_config
 from mask_rcnn_tf.data.inputs import square_pad_size
 from mask_rcnn_tf.export.serving_module import ServingModule
 from mask_rcnn_tf.modeling.factory import build_model
-from tests.export.helpers import encode_png
 from tests.shape_spy import BackboneSizes
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "shapes.yaml"
@@ -24,9 +22,9 @@ TINY = ["model.backbone.base_width=8", "model.fpn.num_channels=8",
         "data.min_size=800", "data.max_size=1333"]
 
 
-def _serving_with_spy(overrides=()):
+def _serving_with_spy():
     """ServingModule of a tiny model whose backbone records its input sizes in variables."""
-    config = load_config(CONFIG, TINY + list(overrides))
+    config = load_config(CONFIG, TINY)
     keras.utils.set_random_seed(0)
     model = build_model(config.model, image_size=64)
     spy = BackboneSizes(model)
@@ -57,11 +55,4 @@ def test_signatures_pad_each_request_to_multiples_of_32(tmp_path):
     # 480 x 640 -> 800 x 1067 and its portrait twin: one request pads both to 1088 x 1088.
     out = signatures["serving_default"](images=tf.constant([_jpeg(480, 640), _jpeg(640, 480)]))
     assert out["image_sizes"].numpy().tolist() == [[480, 640], [640, 480]]
-    signatures["serving_tensor"](images=tf.zeros([1, 480, 640, 3], tf.uint8))
-    assert spy.seen(loaded.spy_variables) == [[800, 1344], [1088, 1088], [800, 1088]]
-
-
-def test_square_mode_pads_every_request_to_the_square():
-    serving, spy = _serving_with_spy(["data.pad_mode=square"])
-    tf.function(serving.detect_encoded)(tf.constant([_jpeg(480, 640)]))
-    assert spy.seen() == [[1344, 1344]]
+    assert spy.seen(loaded.spy_variables) == [[800, 1344], [1088, 1088]]
