@@ -30,7 +30,9 @@ K object classes, Kp keypoints, S skeleton limbs, Hc x Wc the largest image of t
                                                limbs as 1-based keypoint pairs (COCO's
                                                `skeleton`)
 
-Rows from num_detections[b] on are zero in every per-detection output. The 28 x 28 masks cover
+The images of a request are resized and padded together to the largest resized image, each
+side rounded up to a multiple of size_divisibility (32), or to the pad_size square (data.pad_mode
+square). Rows from num_detections[b] on are zero in every per-detection output. The 28 x 28 masks cover
 the unclipped box, which differs from the clipped detection_boxes only for boxes reaching past
 the image edge, by under half a pixel of the resized image (round(h * scale) / scale > h); full
 masks are pasted with the unclipped box, as evaluation does.
