@@ -54,15 +54,16 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
-def export_random_model(config_path, base):
-    """Exports the config's model with random weights to base/1."""
+def export_random_model(config_path, base, overrides=()):
+    """Exports the config's model (with `--set` style overrides) with random weights to
+    base/1."""
     import keras
 
     from mask_rcnn_tf.config import load_config
     from mask_rcnn_tf.export.saved_model import save_servable
     from mask_rcnn_tf.modeling.factory import build_model
 
-    config = load_config(os.path.join(REPO, config_path))
+    config = load_config(os.path.join(REPO, config_path), list(overrides))
     keras.utils.set_random_seed(0)
     model = build_model(config.model, image_size=config.data.pad_size)
     class_names = [f"class_{i}" for i in range(1, config.model.num_classes)]
@@ -119,13 +120,13 @@ def run_level(client, image, concurrency, requests):
     return np.array(latencies), wall
 
 
-def bench_case(config_path, size, requests, levels, timeout):
+def bench_case(config_path, size, requests, levels, timeout, overrides=()):
     from mask_rcnn_tf.serving import MaskRCNNClient
 
     rows = []
     with tempfile.TemporaryDirectory() as base:
         start = time.perf_counter()
-        export_random_model(config_path, base)
+        export_random_model(config_path, base, overrides)
         print(f"# exported {config_path} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         port = free_port()
         server = subprocess.Popen(

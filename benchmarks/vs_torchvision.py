@@ -10,8 +10,9 @@ that model's own, and the Keras dtype policy is set once), with both frameworks 
 alternating with the other model's, each timing --runs runs after --warmup untimed ones:
 - inference: one 800 x 1333 image (skimage's coffee photograph, rows cropped to 5:3, resized),
   zero-padded to 800 x 1344 (torchvision pads to a multiple of 32; our model gets the same
-  tensor), 1000 proposals, score threshold 0 and 100 detections, so both run the mask head on
-  100 boxes and paste 100 masks into the image. torchvision: model([image]) in eval mode, its
+  tensor, the one `mask-rcnn predict` and the SavedModel build for that image), 1000
+  proposals, score threshold 0 and 100 detections, so both run the mask head on 100 boxes and
+  paste 100 masks into the image. torchvision: model([image]) in eval mode, its
   own normalization and (scale 1) resize included; ours: a tf.function of the model call plus
   ops.mask_ops.paste_masks, on the normalized, padded image.
 - training step: a batch of 2 crops of 512 x 512 of that photo with 4 synthetic boxes and

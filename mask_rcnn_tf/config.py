@@ -66,6 +66,9 @@ class AnchorConfig:
     sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)  # one per level P2..P6
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
     offset: float = 0.0
+    # fixed: level l's anchors 2**l pixels apart; torchvision: padded input side // cells per
+    # level, per axis, as torchvision's AnchorGenerator (61, not 64, on P6 of an 800 side).
+    stride_rule: str = "fixed"
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class RPNConfig:
     positive_fraction: float = 0.5
     box_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     smooth_l1_beta: float = 1.0 / 9.0
+    # Training ignores anchors reaching more than this many pixels past the image's valid
+    # (unpadded) area, so none is sampled from padding (Detectron's and maskrcnn-benchmark's
+    # RPN.STRADDLE_THRESH, default 0); null keeps every anchor, as torchvision does.
+    straddle_thresh: float | None = 0.0
 
 
 @dataclass(frozen=True)
@@ -163,10 +170,16 @@ class DataConfig:
     check_images: bool = True
     # HOST:PORT of a tf.data service dispatcher: training preprocessing runs on its workers.
     service_address: str | None = None
+    # batch: each batch is padded to its largest resized image, rounded up to a multiple of
+    # size_divisibility (torchvision, Detectron2); square: every image to pad_size x pad_size,
+    # one static shape (for accelerators that want it).
+    pad_mode: str = "batch"
+    size_divisibility: int = 32
 
     @property
     def pad_size(self) -> int:
-        """Side of the square every image is padded to: a multiple of the largest stride (32)."""
+        """Side of the square every image is padded to with pad_mode square: max_size rounded
+        up to a multiple of the largest stride (32)."""
         return int(math.ceil(self.max_size / 32) * 32)
 
 
@@ -383,6 +396,10 @@ def validate(config: Config) -> None:
         (d.channel_order in ("rgb", "bgr"), f"data.channel_order must be rgb or bgr, got {d.channel_order!r}"),
         (t.init_scope in INIT_SCOPES, f"train.init_scope must be null, {', '.join(s for s in INIT_SCOPES if s)}, got {t.init_scope!r}"),
         (0 < d.min_size <= d.max_size, f"data.min_size ({d.min_size}) must be positive and <= data.max_size ({d.max_size})"),
+        (m.anchors.stride_rule in ("fixed", "torchvision"), f"model.anchors.stride_rule must be fixed or torchvision, got {m.anchors.stride_rule!r}"),
+        (m.rpn.straddle_thresh is None or m.rpn.straddle_thresh >= 0, f"model.rpn.straddle_thresh must be null or >= 0, got {m.rpn.straddle_thresh}"),
+        (d.pad_mode in ("batch", "square"), f"data.pad_mode must be batch or square, got {d.pad_mode!r}"),
+        (d.size_divisibility >= 1 and d.size_divisibility % 32 == 0, f"data.size_divisibility must be a positive multiple of 32 (the largest feature stride), got {d.size_divisibility}"),
         (0.0 <= d.flip_probability <= 1.0, f"data.flip_probability must be in [0, 1], got {d.flip_probability}"),
         (config.eval.backend in EVAL_BACKENDS, f"eval.backend must be one of {', '.join(EVAL_BACKENDS)}, got {config.eval.backend!r}"),
         (t.optimizer in ("sgd", "adamw"), f"train.optimizer must be sgd or adamw, got {t.optimizer!r}"),

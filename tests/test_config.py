@@ -206,3 +206,18 @@ def test_input_and_evaluation_keys_of_issue_15():
         load_config(None, ["eval.backend=detectron"])
     with pytest.raises(ConfigError, match="data.service_address must be HOST:PORT"):
         load_config(None, ["data.service_address=dispatcher"])
+
+
+@pytest.mark.parametrize("override, message", [
+    (["data.pad_mode=circle"], "data.pad_mode must be batch or square, got 'circle'"),
+    (["data.size_divisibility=48"],
+     "data.size_divisibility must be a positive multiple of 32 .* got 48"),
+    (["model.anchors.stride_rule=p6"], "model.anchors.stride_rule must be fixed or torchvision"),
+    (["model.rpn.straddle_thresh=-1"], "model.rpn.straddle_thresh must be null or >= 0, got -1"),
+])
+def test_padding_and_anchor_keys_are_validated(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, override)
+    defaults = load_config(None)
+    assert (defaults.data.pad_mode, defaults.data.size_divisibility) == ("batch", 32)
+    assert (defaults.model.anchors.stride_rule, defaults.model.rpn.straddle_thresh) == ("fixed", 0)

@@ -39,10 +39,18 @@ def make_dataset(config: DataConfig, dataset: CocoDataset, *, training: bool, ba
     """The batched tf.data pipeline for `dataset` with the config's resizing and padding."""
     return build_dataset(
         dataset, training=training, batch_size=batch_size, min_size=config.min_size,
-        max_size=config.max_size, pad_size=config.pad_size, max_instances=config.max_instances,
+        max_size=config.max_size, pad_size=square_pad_size(config),
+        max_instances=config.max_instances,
         mask_crop_size=config.mask_crop_size, flip_probability=config.flip_probability,
         mean=config.mean, std=config.std, shuffle_buffer=config.shuffle_buffer, seed=seed,
-        keypoint_flip_map=config.keypoint_flip_map or None, channel_order=config.channel_order)
+        keypoint_flip_map=config.keypoint_flip_map or None, channel_order=config.channel_order,
+        size_divisibility=config.size_divisibility)
+
+
+def square_pad_size(config: DataConfig) -> int | None:
+    """The side every image is padded to with `data.pad_mode: square`; None (per-batch
+    padding) otherwise."""
+    return config.pad_size if config.pad_mode == "square" else None
 
 
 def make_training_input(config: DataConfig, dataset: CocoDataset, strategy, *, batch_size: int,

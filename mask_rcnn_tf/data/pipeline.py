@@ -2,9 +2,10 @@
 
 `build_dataset` yields one `features` dict per batch (model.fit takes it as x; the model's
 train_step reads these keys). B is the batch size, M = max_instances, S = mask_crop_size,
-P = pad_size:
+H x W the padded size: with per-batch padding (pad_size None) the batch's largest resized
+height and width, each rounded up to a multiple of size_divisibility; with a pad_size, P x P:
 
-    "images"          float32 [B, P, P, 3]  (RGB 0..255 - mean) / std; the resized image at the
+    "images"          float32 [B, H, W, 3]  (RGB 0..255 - mean) / std; the resized image at the
                                             top-left, zeros (the normalized mean) in the padding
     "image_sizes"     float32 [B, 2]        (h, w) of the resized image inside the padding
     "scales"          float32 [B]           resize factor: resized = original * scale
@@ -24,7 +25,10 @@ P = pad_size:
 
 Everything per image runs as TensorFlow ops inside Dataset.map: read and decode the file, decode
 the run-length masks, crop them to their boxes at the original resolution (resizing the image
-does not change a crop of the box; a flip mirrors it), resize, flip, normalize, pad.
+does not change a crop of the box; a flip mirrors it), resize, flip, normalize; then batches
+are padded. With per-batch padding, training batches hold only landscape (w > h) or only
+portrait-or-square images, as Detectron2's aspect-ratio grouping makes them, so that a batch
+pads little.
 """
 
 import functools
@@ -135,20 +139,22 @@ def resize_scale(height, width, min_size, max_size):
     return tf.minimum(min_size / tf.minimum(height, width), max_size / tf.maximum(height, width))
 
 
-def preprocess_image(image, *, min_size, max_size, pad_size, mean=IMAGENET_MEAN,
+def preprocess_image(image, *, min_size, max_size, pad_size=None, mean=IMAGENET_MEAN,
                      std=IMAGENET_STD, channel_order="rgb"):
-    """Resizes, normalizes and pads one image as the model expects it (training and serving).
+    """Resizes, normalizes and (with pad_size) pads one image as the model expects it.
 
     Args:
         image: uint8 or float [h, w, 3] RGB, 0..255.
-        min_size, max_size: resize targets (see resize_scale); pad_size: side of the output.
+        min_size, max_size: resize targets (see resize_scale); pad_size: side of the square
+            output, or None to leave the padding to the batch (pad_to_multiple).
         mean, std: per channel, in `channel_order`, 0..255 scale.
         channel_order: "rgb", or "bgr" to reverse the channels before normalizing (Caffe-style
             weights, e.g. Keras Applications' ResNet50).
 
     Returns:
-        (image float32 [pad_size, pad_size, 3] normalized, the resized image at the top-left;
-        resized_size int32 [2] (h, w); scale float32 scalar, resized = original * scale).
+        (image float32 normalized, [pad_size, pad_size, 3] with the resized image at the
+        top-left, or the resized image itself [h', w', 3] when pad_size is None;
+        resized_size int32 [2] (h', w'); scale float32 scalar, resized = original * scale).
     """
     size = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = resize_scale(size[0], size[1], float(min_size), float(max_size))
@@ -158,13 +164,44 @@ def preprocess_image(image, *, min_size, max_size, pad_size, mean=IMAGENET_MEAN,
     if channel_order == "bgr":
         image = image[..., ::-1]
     image = (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-    image = tf.image.pad_to_bounding_box(image, 0, 0, pad_size, pad_size)
-    image.set_shape([pad_size, pad_size, 3])
+    if pad_size is not None:
+        image = tf.image.pad_to_bounding_box(image, 0, 0, pad_size, pad_size)
+        image.set_shape([pad_size, pad_size, 3])
     return image, resized_size, scale
 
 
+def padded_size(sizes, size_divisibility):
+    """The padded input size of a batch: its largest height and width, rounded up.
+
+    Args:
+        sizes: int32 [B, 2], (h, w) of the resized images.
+        size_divisibility: Python int, a multiple of the largest feature stride.
+
+    Returns:
+        int32 [2], (H, W).
+    """
+    largest = tf.reduce_max(sizes, axis=0)
+    return (largest + size_divisibility - 1) // size_divisibility * size_divisibility
+
+
+def pad_to_multiple(images, size_divisibility):
+    """Zero-pads a batch bottom and right to padded_size of its own size.
+
+    Args:
+        images: float32 [B, h, w, 3], the batch padded to its largest image.
+        size_divisibility: Python int.
+
+    Returns:
+        float32 [B, H, W, 3], H and W multiples of size_divisibility.
+    """
+    shape = tf.shape(images)
+    target = padded_size(shape[None, 1:3], size_divisibility)
+    return tf.pad(images, [[0, 0], [0, target[0] - shape[1]], [0, target[1] - shape[2]], [0, 0]])
+
+
 def _flip(image, resized_width, targets, keypoint_flip_map):
-    """Mirrors left-right the resized image inside the padded input [P, P, 3] and its targets:
+    """Mirrors left-right the resized image (inside the padded input [P, P, 3], if padded) and
+    its targets:
     boxes [n, 4] yxyx pixels, mask crops [n, S, S] and, if present, keypoints [n, Kp, 3]."""
     width = tf.cast(resized_width, tf.float32)
     y1, x1, y2, x2 = tf.unstack(targets["boxes"], axis=-1)
@@ -286,17 +323,21 @@ def _record_source(dataset, max_instances, training, seed):
 
 
 def _check_arguments(dataset, batch_size, min_size, max_size, pad_size, max_instances,
-                     mask_crop_size, flip_probability, mean, std, shuffle_buffer):
+                     mask_crop_size, flip_probability, mean, std, shuffle_buffer,
+                     size_divisibility):
     if not dataset.num_images:
         raise ValueError(f"{dataset.annotations_path}: dataset has no images")
     for name, value in (("batch_size", batch_size), ("max_instances", max_instances),
                         ("mask_crop_size", mask_crop_size), ("shuffle_buffer", shuffle_buffer),
-                        ("pad_size", pad_size)):
+                        ("pad_size", 1 if pad_size is None else pad_size),
+                        ("size_divisibility", size_divisibility)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not (min_size > 0 and max_size > 0):
         raise ValueError(f"min_size and max_size must be positive, got {min_size!r}, {max_size!r}")
-    if pad_size % 32 or pad_size < max_size:
+    if size_divisibility % 32:
+        raise ValueError(f"size_divisibility must be a multiple of 32, got {size_divisibility}")
+    if pad_size is not None and (pad_size % 32 or pad_size < max_size):
         raise ValueError(f"pad_size must be a multiple of 32 and >= max_size={max_size}, "
                          f"got {pad_size}")
     if not 0.0 <= flip_probability <= 1.0:
@@ -308,11 +349,13 @@ def _check_arguments(dataset, batch_size, min_size, max_size, pad_size, max_inst
 def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size, max_instances,
                   mask_crop_size, flip_probability=0.5, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                   shuffle_buffer=1024, seed=None, repeat=None, keypoint_flip_map=None,
-                  channel_order="rgb"):
+                  channel_order="rgb", size_divisibility=32):
     """Builds the batched input pipeline over a loaded COCO dataset.
 
-    Training: shuffle, repeat, random horizontal flip, batches of exactly batch_size. Evaluation:
-    file order, no flip, every image once, the last partial batch kept. Images with more than
+    Training: shuffle, repeat, random horizontal flip, batches of exactly batch_size (with
+    per-batch padding, of one orientation each: an image waits for batch_size - 1 others of
+    its orientation, in order). Evaluation: file order, no flip, every image once, the last
+    partial batch kept. Images with more than
     max_instances instances keep the first max_instances (one log line). The resized size is
     round(original * scale); boxes are scaled by `scale` itself, so they can differ from the
     resampled content by under half a pixel.
@@ -324,7 +367,8 @@ def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size
         batch_size: images per batch.
         min_size: target short side of the resized image, pixels.
         max_size: cap on the long side of the resized image, pixels.
-        pad_size: side of the padded square input, a multiple of 32 >= max_size.
+        pad_size: side of the padded square input, a multiple of 32 >= max_size; None: pad
+            each batch to its largest image, rounded up to a multiple of size_divisibility.
         max_instances: ground-truth rows per image.
         mask_crop_size: side S of the stored mask crops.
         flip_probability: probability of a horizontal flip when training.
@@ -336,12 +380,14 @@ def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size
         keypoint_flip_map: for datasets with keypoints, the index each keypoint takes under a
             horizontal flip (left and right swap); required when training with flips.
         channel_order: "rgb" or "bgr" (see preprocess_image); mean and std are in this order.
+        size_divisibility: multiple of 32 the per-batch padded sides are rounded up to.
 
     Returns:
         tf.data.Dataset of feature dicts, keys and shapes as in this module's docstring.
     """
     _check_arguments(dataset, batch_size, min_size, max_size, pad_size, max_instances,
-                     mask_crop_size, flip_probability, mean, std, shuffle_buffer)
+                     mask_crop_size, flip_probability, mean, std, shuffle_buffer,
+                     size_divisibility)
     num_keypoints = len(dataset.keypoint_names)
     if num_keypoints and training and flip_probability > 0 and (
             keypoint_flip_map is None or len(keypoint_flip_map) != num_keypoints):
@@ -358,7 +404,7 @@ def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size
         records = records.repeat()
     example = _make_example_fn(
         training=training, min_size=float(min_size), max_size=float(max_size),
-        pad_size=int(pad_size), max_instances=int(max_instances),
+        pad_size=None if pad_size is None else int(pad_size), max_instances=int(max_instances),
         mask_crop_size=int(mask_crop_size), flip_probability=float(flip_probability),
         mean=mean, std=std, keypoint_flip_map=keypoint_flip_map, channel_order=channel_order,
         decode=decode)
@@ -367,4 +413,23 @@ def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size
         # regardless of how map's parallel calls are scheduled.
         records = tf.data.Dataset.zip((records, tf.data.Dataset.random(seed=seed)))
     examples = records.map(example, num_parallel_calls=tf.data.AUTOTUNE)
-    return examples.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    if pad_size is not None:
+        return examples.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    if training:
+        # Detectron2's AspectRatioGroupedDataset: one bucket per orientation, a batch is
+        # emitted when its bucket is full. Deterministic: the input order decides it.
+        batches = examples.group_by_window(
+            key_func=_orientation, window_size=batch_size,
+            reduce_func=lambda _, window: window.padded_batch(batch_size, drop_remainder=True))
+    else:
+        batches = examples.padded_batch(batch_size)
+    divisibility = int(size_divisibility)
+    batches = batches.map(
+        lambda features: dict(features, images=pad_to_multiple(features["images"], divisibility)))
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def _orientation(features):
+    """Bucket of an example: 0 landscape (w > h), 1 portrait or square (Detectron2's rule)."""
+    height, width = tf.unstack(features["image_sizes"])
+    return tf.cast(width <= height, tf.int64)

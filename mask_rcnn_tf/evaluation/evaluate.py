@@ -19,6 +19,19 @@ logger = logging.getLogger("mask_rcnn_tf.evaluation")
 _BATCH_KEYS = ("image_ids", "scales", "original_sizes")
 
 
+def detection_function(model):
+    """`model`'s detections as one tf.function traced once for inputs of every size.
+
+    Returns:
+        callable (images float32 [B, H, W, 3], image_sizes float32 [B, 2]) -> the model's
+        detections dict (modeling/mask_rcnn.py).
+    """
+    return tf.function(
+        lambda images, sizes: model({"images": images, "image_sizes": sizes}, training=False),
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
+                         tf.TensorSpec([None, 2], tf.float32)])
+
+
 def predict_dataset(model, data_config: DataConfig, dataset: CocoDataset, batch_size: int,
                     progress: bool = False):
     """Yields, per batch, a dict of NumPy detections plus image ids, scales and original sizes.
@@ -27,8 +40,7 @@ def predict_dataset(model, data_config: DataConfig, dataset: CocoDataset, batch_
         progress: show done/total images, images/s and the time left on stderr (5,000 COCO
             images at ~2 s each on a CPU take hours).
     """
-    detect = tf.function(lambda images, sizes: model(
-        {"images": images, "image_sizes": sizes}, training=False), reduce_retracing=True)
+    detect = detection_function(model)
     bar = Progress(dataset.num_images, "images", enabled=progress)
     with naming_input_errors(dataset):
         for batch in make_dataset(data_config, dataset, training=False, batch_size=batch_size):

@@ -9,8 +9,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from mask_rcnn_tf.config import Config
-from mask_rcnn_tf.data.pipeline import preprocess_image
+from mask_rcnn_tf.data.inputs import square_pad_size
+from mask_rcnn_tf.data.pipeline import pad_to_multiple, preprocess_image
 from mask_rcnn_tf.evaluation.coco_eval import detections_to_coco
+from mask_rcnn_tf.evaluation.evaluate import detection_function
 from mask_rcnn_tf.evaluation.visualize import draw_detections
 from mask_rcnn_tf.io_utils import atomic_path, atomic_write_json
 
@@ -46,16 +48,16 @@ def predict_images(model, config: Config, images, output_dir, categories,
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     d = config.data
-    detect = tf.function(lambda images, sizes: model(
-        {"images": images, "image_sizes": sizes}, training=False), reduce_retracing=True)
+    detect = detection_function(model)
     category_ids = [category_id for category_id, _ in categories]
     class_names = {index + 1: name for index, (_, name) in enumerate(categories)}
     all_results = []
     for index, (path, image) in enumerate(images.items()):
         padded, resized_size, scale = preprocess_image(
-            image, min_size=d.min_size, max_size=d.max_size, pad_size=d.pad_size,
+            image, min_size=d.min_size, max_size=d.max_size, pad_size=square_pad_size(d),
             mean=d.mean, std=d.std, channel_order=d.channel_order)
-        outputs = detect(padded[None], tf.cast(resized_size, tf.float32)[None])
+        outputs = detect(pad_to_multiple(padded[None], d.size_divisibility),
+                         tf.cast(resized_size, tf.float32)[None])
         outputs = {key: np.asarray(value) for key, value in outputs.items()}
         outputs.update(image_ids=np.array([index]), scales=np.array([float(scale)]),
                        original_sizes=np.array([image.shape[:2]]))

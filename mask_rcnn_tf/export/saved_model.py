@@ -25,6 +25,7 @@ import tempfile
 
 import tensorflow as tf
 
+from mask_rcnn_tf.data.inputs import square_pad_size
 from mask_rcnn_tf.export.serving_module import KEYPOINTS_FILE, LABELS_FILE, ServingModule
 from mask_rcnn_tf.export.versions import publish_version, resolve_version
 from mask_rcnn_tf.export.warmup import warmup_requests, write_warmup_file
@@ -130,10 +131,11 @@ def save_servable(model, path, *, class_names, data_config, full_masks=False,
             _write_lines(keypoints_path, keypoint_names)
         d = data_config
         serving = ServingModule(model, class_names=class_names, min_size=d.min_size,
-                                max_size=d.max_size, pad_size=d.pad_size, mean=d.mean, std=d.std,
-                                full_masks=full_masks, mask_threshold=mask_threshold,
+                                max_size=d.max_size, pad_size=square_pad_size(d), mean=d.mean,
+                                std=d.std, full_masks=full_masks, mask_threshold=mask_threshold,
                                 keypoint_names=keypoint_names, skeleton=skeleton,
-                                channel_order=d.channel_order)
+                                channel_order=d.channel_order,
+                                size_divisibility=d.size_divisibility)
         root, signatures = serving.saveable(labels_path, keypoints_path)
         tf.saved_model.save(root, path, signatures=signatures)
     write_warmup_file(path, warmup_requests())

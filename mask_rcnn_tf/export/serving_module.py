@@ -30,7 +30,9 @@ K object classes, Kp keypoints, S skeleton limbs, Hc x Wc the largest image of t
                                                limbs as 1-based keypoint pairs (COCO's
                                                `skeleton`)
 
-Rows from num_detections[b] on are zero in every per-detection output. The 28 x 28 masks cover
+The images of a request are resized and padded together to the largest resized image, each
+side rounded up to a multiple of size_divisibility (32), or to the pad_size square (data.pad_mode
+square). Rows from num_detections[b] on are zero in every per-detection output. The 28 x 28 masks cover
 the unclipped box, which differs from the clipped detection_boxes only for boxes reaching past
 the image edge, by under half a pixel of the resized image (round(h * scale) / scale > h); full
 masks are pasted with the unclipped box, as evaluation does.
@@ -38,7 +40,7 @@ masks are pasted with the unclipped box, as evaluation does.
 
 import tensorflow as tf
 
-from mask_rcnn_tf.data.pipeline import preprocess_image
+from mask_rcnn_tf.data.pipeline import pad_to_multiple, preprocess_image
 from mask_rcnn_tf.export import postprocess
 from mask_rcnn_tf.ops import keypoint_ops
 from mask_rcnn_tf.ops.box_ops import clip_boxes
@@ -67,14 +69,16 @@ class ServingModule:
             model without it.
         skeleton: 1-based (a, b) keypoint pairs (COCO's `skeleton`).
         min_size, max_size, pad_size, mean, std, channel_order: the resizing and normalization
-            the model was trained with (data config).
+            the model was trained with (data config); pad_size None pads each request to its
+            largest resized image, rounded up to a multiple of size_divisibility.
+        size_divisibility: see pad_size.
         full_masks: add the detection_masks_full output.
         mask_threshold: probability at which a pasted mask pixel is foreground.
     """
 
     def __init__(self, model, *, class_names, min_size, max_size, pad_size, mean, std,
                  full_masks=False, mask_threshold=0.5, keypoint_names=(), skeleton=(),
-                 channel_order="rgb"):
+                 channel_order="rgb", size_divisibility=32):
         self.model = model
         self.class_names = tuple(class_names)
         num_keypoints = 0 if model.keypoint_head is None else model.keypoint_head.num_keypoints
@@ -83,7 +87,8 @@ class ServingModule:
                              f"got {len(keypoint_names)} keypoint_names")
         self.keypoint_names = tuple(keypoint_names)
         self.skeleton = tuple(tuple(limb) for limb in skeleton)
-        self.pad_size = int(pad_size)
+        self.pad_size = None if pad_size is None else int(pad_size)
+        self.size_divisibility = int(size_divisibility)
         self.preprocess_args = dict(min_size=min_size, max_size=max_size, pad_size=self.pad_size,
                                     mean=tuple(mean), std=tuple(std),
                                     channel_order=channel_order)
@@ -157,6 +162,9 @@ class ServingModule:
         if decode:
             image = tf.io.decode_image(image, channels=3, expand_animations=False)
         padded, resized_size, scale = preprocess_image(image, **self.preprocess_args)
+        if self.pad_size is None:
+            # Ragged in width as well as height: map_fn stacks the images as [B, (h), (w), 3].
+            padded = tf.RaggedTensor.from_tensor(padded)
         return padded, tf.cast(resized_size, tf.float32), scale, tf.shape(image)[:2]
 
     def _detect(self, images, decode):
@@ -165,11 +173,15 @@ class ServingModule:
         with tf.control_dependencies(checks):
             images = tf.identity(images)
         pad = self.pad_size
+        image_spec = (tf.RaggedTensorSpec([None, None, 3], tf.float32, ragged_rank=1)
+                      if pad is None else tf.TensorSpec([pad, pad, 3], tf.float32))
         padded, resized_sizes, scales, image_sizes = tf.map_fn(
             lambda image: self._prepare(image, decode), images,
-            fn_output_signature=(tf.TensorSpec([pad, pad, 3], tf.float32),
-                                 tf.TensorSpec([2], tf.float32), tf.TensorSpec([], tf.float32),
-                                 tf.TensorSpec([2], tf.int32)))
+            fn_output_signature=(image_spec, tf.TensorSpec([2], tf.float32),
+                                 tf.TensorSpec([], tf.float32), tf.TensorSpec([2], tf.int32)))
+        if pad is None:
+            # The request's largest resized image, rounded up: zeros (the mean) elsewhere.
+            padded = pad_to_multiple(padded.to_tensor(), self.size_divisibility)
         detections = self.model({"images": padded, "image_sizes": resized_sizes}, training=False)
         num = detections["num_detections"]
         boxes = postprocess.to_original_frame(detections["detection_boxes"], scales, num)

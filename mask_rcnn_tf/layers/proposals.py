@@ -1,6 +1,7 @@
 """Proposal generation: RPN outputs -> a fixed number of scored boxes per image.
 
-Shapes: B images, L levels, Nl anchors at level l, R proposals kept per image.
+Shapes: B images, L levels, Nl anchors at level l, R proposals kept per image:
+min(post_nms_top_n, L * pre_nms_top_n), whatever the input size.
 """
 
 import keras
@@ -49,7 +50,9 @@ class ProposalGenerator(keras.layers.Layer):
         post_n = self.post_nms_top_n_train if training else self.post_nms_top_n_test
         level_boxes, level_scores, level_valid = [], [], []
         for level_logits, level_deltas, level_anchors in zip(logits, deltas, anchors):
-            k = min(pre_n, int(level_anchors.shape[0]))
+            # The anchor count is known only at run time (it follows the input size); NMS pads
+            # its output to pre_n, so every level yields [B, pre_n] whatever the size.
+            k = tf.minimum(pre_n, tf.shape(level_anchors)[0])
             top_logits, top_idx = tf.math.top_k(tf.stop_gradient(level_logits), k=k, sorted=False)
             top_deltas = tf.gather(tf.stop_gradient(level_deltas), top_idx, batch_dims=1)
             top_anchors = tf.gather(level_anchors, top_idx)
@@ -60,7 +63,7 @@ class ProposalGenerator(keras.layers.Layer):
             big_enough = (heights >= self.min_size) & (widths >= self.min_size)
             scores = tf.where(big_enough, tf.sigmoid(top_logits), _REMOVED_SCORE)
             keep, keep_valid = nms.nms_padded(
-                boxes, scores, max_output_size=k, iou_threshold=self.nms_threshold,
+                boxes, scores, max_output_size=pre_n, iou_threshold=self.nms_threshold,
                 score_threshold=_REMOVED_SCORE / 2)
             level_boxes.append(tf.gather(boxes, keep, batch_dims=1))
             level_scores.append(tf.where(keep_valid, tf.gather(scores, keep, batch_dims=1),

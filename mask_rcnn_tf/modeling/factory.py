@@ -17,12 +17,14 @@ from mask_rcnn_tf.layers.rpn_head import RPNHead
 from mask_rcnn_tf.modeling.mask_rcnn import MaskRCNN
 
 
-def build_model(config: ModelConfig, image_size: int | None = None) -> MaskRCNN:
-    """Creates a MaskRCNN; with `image_size`, also builds its weights on a dummy input."""
+def build_model(config: ModelConfig, image_size: int | None = None,
+                model_class: type[MaskRCNN] = MaskRCNN) -> MaskRCNN:
+    """Creates a MaskRCNN (or the subclass `model_class`, e.g. the trainer's); with
+    `image_size`, also builds its weights on a dummy input."""
     b, r, h, k = config.backbone, config.rpn, config.roi_heads, config.keypoints
     roi_align_args = dict(sampling_ratio=h.sampling_ratio, aligned=h.aligned,
                           canonical_size=h.canonical_size, canonical_level=h.canonical_level)
-    model = MaskRCNN(
+    model = model_class(
         backbone=ResNet(depth=b.depth, groups=b.groups, width_per_group=b.width_per_group,
                         base_width=b.base_width, norm=b.norm, norm_groups=b.norm_groups,
                         synchronized_bn=b.synchronized_bn, stride_in_1x1=b.stride_in_1x1,
@@ -51,9 +53,10 @@ def build_model(config: ModelConfig, image_size: int | None = None) -> MaskRCNN:
         anchor_sizes=config.anchors.sizes,
         anchor_aspect_ratios=config.anchors.aspect_ratios,
         anchor_offset=config.anchors.offset,
+        anchor_stride_rule=config.anchors.stride_rule,
         rpn_sampling=dict(fg_iou_threshold=r.fg_iou_threshold, bg_iou_threshold=r.bg_iou_threshold,
                           num_samples=r.batch_size_per_image, positive_fraction=r.positive_fraction,
-                          box_weights=r.box_weights),
+                          box_weights=r.box_weights, straddle_thresh=r.straddle_thresh),
         roi_sampling=dict(fg_iou_threshold=h.fg_iou_threshold, bg_iou_threshold=h.bg_iou_threshold,
                           num_samples=h.batch_size_per_image, positive_fraction=h.positive_fraction,
                           add_gt_as_proposals=h.add_gt_as_proposals, box_weights=h.box_weights),

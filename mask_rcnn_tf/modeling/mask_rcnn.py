@@ -37,7 +37,7 @@ class MaskRCNN(keras.Model):
                  mask_roi_align, box_head, mask_head, detection_generator, anchor_sizes,
                  anchor_aspect_ratios, anchor_offset, rpn_sampling, roi_sampling, rpn_beta,
                  box_beta, mask_target_threshold=0.5, keypoint_roi_align=None,
-                 keypoint_head=None, **kwargs):
+                 keypoint_head=None, anchor_stride_rule="fixed", **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone
         self.fpn = fpn
@@ -53,6 +53,7 @@ class MaskRCNN(keras.Model):
         self.anchor_sizes = tuple(anchor_sizes)
         self.anchor_aspect_ratios = tuple(anchor_aspect_ratios)
         self.anchor_offset = anchor_offset
+        self.anchor_stride_rule = anchor_stride_rule
         self.rpn_sampling = dict(rpn_sampling)
         self.roi_sampling = dict(roi_sampling)
         self.rpn_beta = rpn_beta
@@ -72,11 +73,14 @@ class MaskRCNN(keras.Model):
     def rpn_level_names(self):
         return ["p2", "p3", "p4", "p5", "p6"][: len(self.anchor_sizes)]
 
-    def _anchors(self, rpn_features):
-        sizes = [(int(f.shape[1]), int(f.shape[2])) for f in rpn_features]
-        strides = [2 ** (level + 2) for level in range(len(rpn_features))]
-        return anchor_ops.generate_anchors(sizes, strides, self.anchor_sizes,
-                                           self.anchor_aspect_ratios, self.anchor_offset)
+    def _anchors(self, images, rpn_features):
+        # Run-time sizes: one traced graph serves inputs of every size.
+        sizes = [tf.shape(f)[1:3] for f in rpn_features]
+        strides = anchor_ops.level_strides(tf.shape(images)[1:3], sizes, min_level=2,
+                                           rule=self.anchor_stride_rule)
+        return anchor_ops.generate_anchors([(s[0], s[1]) for s in sizes], strides,
+                                           self.anchor_sizes, self.anchor_aspect_ratios,
+                                           self.anchor_offset)
 
     def call(self, inputs, training=False):
         return self.forward(inputs, training=training, with_targets=training)
@@ -87,7 +91,7 @@ class MaskRCNN(keras.Model):
         features = self.fpn(self.backbone(inputs["images"], training=training), training=training)
         rpn_features = [features[name] for name in self.rpn_level_names]
         rpn_logits, rpn_deltas = self.rpn_head(rpn_features)
-        anchors = self._anchors(rpn_features)
+        anchors = self._anchors(inputs["images"], rpn_features)
         proposals, _, proposal_valid = self.proposal_generator(
             rpn_logits, rpn_deltas, anchors, image_sizes, training=with_targets)
         if with_targets:
@@ -101,6 +105,7 @@ class MaskRCNN(keras.Model):
         gt_classes = tf.cast(inputs["gt_classes"], tf.int32)
         gt_valid = gt_classes > 0
         rpn = targets.rpn_targets(tf.concat(anchors, axis=0), gt_boxes, gt_valid,
+                                  tf.cast(inputs["image_sizes"], tf.float32),
                                   **self.rpn_sampling)
         sampled = targets.sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid,
                                       **self.roi_sampling)
@@ -201,85 +206,31 @@ class MaskRCNN(keras.Model):
                 loss_values = _global_batch_losses(loss_values, outputs)
             total = tf.add_n(list(loss_values.values()))
             scaled = self.optimizer.scale_loss(total)
-        grads = self._sum_and_clip_gradients(tape.gradient(scaled, self.trainable_variables))
+        grads = self.gradients_to_apply(tape.gradient(scaled, self.trainable_variables))
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         if replicas > 1:
             # Keras averages the replicas' logs: scaling each replica's share by the number
             # of replicas turns that average into the global-batch loss.
             loss_values = {name: value * replicas for name, value in loss_values.items()}
             total = total * replicas
-        return self._distributed_logs(self._report(loss_values, total))
+        return self.step_logs(self._report(loss_values, total))
 
     def test_step(self, data):
         loss_values = self.compute_losses(self.forward(data, training=False, with_targets=True))
-        return self._distributed_logs(
-            self._report(loss_values, tf.add_n(list(loss_values.values()))))
+        return self.step_logs(self._report(loss_values, tf.add_n(list(loss_values.values()))))
 
-    # Keras 3.15 with tf.distribute: three workarounds, kept together here. Each is checked
-    # by tests/training/test_distribute_keras.py, which fails once Keras changes the
-    # behaviour it works around, so that the workaround can go.
+    # Hooks of the training loop. As here, a step hands the optimizer this replica's
+    # gradients and Keras the step's logs unchanged; training/keras_distribute.py overrides
+    # them where Keras' tf.distribute handling needs help.
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Skips Keras' first-batch fetch when the model is already built.
+    def gradients_to_apply(self, grads):
+        """The gradients passed to optimizer.apply_gradients: list, None for variables
+        without one."""
+        return grads
 
-        Keras' fit and evaluate take the first batch and reduce it over the replicas with
-        `strategy.reduce`, only to build the model; MultiWorkerMirroredStrategy rejects that
-        reduction of a nested, partly integer batch. The factory builds the model before
-        training, so no batch is needed: Keras then only builds the optimizer.
-        """
-        if iterator is not None and self.built and all(
-                layer.built for layer in self._flatten_layers()):
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def _distributed_logs(self, logs):
-        """Gives the step's logs the shape Keras can reduce across workers.
-
-        Across workers Keras reduces every step output with `strategy.reduce(MEAN, axis=0)`,
-        which fails on scalars; [1] tensors reduce to the same mean over replicas.
-        """
-        strategy = tf.distribute.get_strategy()
-        if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-                and strategy.extended._in_multi_worker_mode()):
-            return logs
-        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
-
-    def _sum_and_clip_gradients(self, grads):
-        """Sums the gradients over replicas first when the optimizer clips or scales the loss.
-
-        Keras clips each replica's gradient before the all-reduce, not their sum, and its
-        LossScaleOptimizer decides on the first replica's gradient alone whether a step is
-        finite. Clipping (by global norm) and the finiteness check must see the global-batch
-        gradient, so it is all-reduced here and clipped; each replica then hands the optimizer
-        1/replicas of it, whose own all-reduce adds them back up and whose clip no longer
-        changes it. Without clipping or loss scaling the optimizer's all-reduce is enough.
-
-        Args:
-          grads: list of (possibly scaled) gradients of this replica, None for variables
-            without one.
-
-        Returns:
-          list of gradients to pass to optimizer.apply_gradients.
-        """
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        scales_loss = optimizer is not self.optimizer
-        if replicas == 1 or not (optimizer.global_clipnorm or scales_loss):
-            return grads
-        if optimizer.clipnorm or optimizer.clipvalue:
-            raise ValueError("with several replicas only global_clipnorm is supported: Keras "
-                             "would apply clipnorm or clipvalue to each replica's gradient")
-        present = [i for i, grad in enumerate(grads) if grad is not None]
-        summed = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
-        if optimizer.global_clipnorm:
-            # The gradient is scaled by the loss scale; so is the norm it may reach.
-            limit = optimizer.global_clipnorm * self.optimizer.scale_loss(1.0)
-            summed, _ = tf.clip_by_global_norm(summed, limit)
-        result = list(grads)
-        for i, grad in zip(present, summed):
-            result[i] = grad / replicas
-        return result
+    def step_logs(self, logs):
+        """The dict of logs train_step and test_step return to Keras."""
+        return logs
 
 
 # The tensor each loss of `losses` is normalized by: its value is a sum over the local batch

@@ -14,14 +14,42 @@ def _foreground_targets(is_foreground, deltas):
     return tf.where(is_foreground[..., None], deltas, 0.0)
 
 
-def rpn_targets(anchors, gt_boxes, gt_valid, *, fg_iou_threshold, bg_iou_threshold,
-                num_samples, positive_fraction, box_weights, seed=None):
+def visible_anchors(anchors, image_sizes, straddle_thresh):
+    """Which anchors lie inside each image's valid area, up to straddle_thresh pixels.
+
+    The "visibility" rule of Detectron's and maskrcnn-benchmark's RPN (RPN.STRADDLE_THRESH,
+    maskrcnn_benchmark/modeling/rpn/loss.py: anchors straddling the image boundary by more
+    than the threshold are ignored in training), here against the unpadded image, so that no
+    anchor in the batch's padding is sampled as a negative. Continuous pixel coordinates: an
+    anchor ending exactly on the image's edge is inside.
+
+    Args:
+        anchors: float32 [N, 4], [y1, x1, y2, x2], input pixels.
+        image_sizes: float32 [B, 2], (h, w) of each image inside the padded input.
+        straddle_thresh: Python float >= 0.
+
+    Returns:
+        bool [B, N].
+    """
+    y1, x1, y2, x2 = [c[None] for c in tf.unstack(anchors, axis=-1)]
+    height, width = image_sizes[:, 0:1], image_sizes[:, 1:2]
+    return ((y1 >= -straddle_thresh) & (x1 >= -straddle_thresh)
+            & (y2 <= height + straddle_thresh) & (x2 <= width + straddle_thresh))
+
+
+def rpn_targets(anchors, gt_boxes, gt_valid, image_sizes=None, *, fg_iou_threshold,
+                bg_iou_threshold, num_samples, positive_fraction, box_weights,
+                straddle_thresh=None, seed=None):
     """Labels and samples anchors for the RPN losses.
 
     Args:
         anchors: float32 [N, 4], [y1, x1, y2, x2], input pixels (all levels concatenated).
         gt_boxes: float32 [B, M, 4], [y1, x1, y2, x2], input pixels.
         gt_valid: bool [B, M], False on padding rows.
+        image_sizes: float32 [B, 2], (h, w) of each image inside the padded input; needed
+            with straddle_thresh.
+        straddle_thresh: None (every anchor is labelled, as in torchvision) or a Python
+            float: anchors reaching further past the image are ignored (visible_anchors).
 
     Returns:
         dict with `indices` int32 [B, S] (sampled anchors), `labels` float32 [B, S] (1 object,
@@ -31,8 +59,16 @@ def rpn_targets(anchors, gt_boxes, gt_valid, *, fg_iou_threshold, bg_iou_thresho
     batch = tf.shape(gt_boxes)[0]
     batched_anchors = tf.broadcast_to(anchors[None], [batch, tf.shape(anchors)[0], 4])
     iou = box_ops.box_iou(gt_boxes, batched_anchors)
+    if straddle_thresh is not None:
+        # Invisible anchors are matched to nothing, so a ground truth at the image's edge
+        # claims its best visible anchor (maskrcnn-benchmark matches first and then drops the
+        # invisible ones, which can leave such an object without a positive).
+        visible = visible_anchors(anchors, image_sizes, straddle_thresh)
+        iou = tf.where(visible[:, None], iou, -1.0)
     matched_gt, labels = matcher.match_boxes(
         iou, gt_valid, fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=True)
+    if straddle_thresh is not None:
+        labels = tf.where(visible, labels, -1)
     indices, valid = sampling.sample_balanced(labels, num_samples, positive_fraction, seed=seed)
     sampled_labels = tf.gather(labels, indices, batch_dims=1)
     sampled_gt = tf.gather(gt_boxes, tf.gather(matched_gt, indices, batch_dims=1), batch_dims=1)

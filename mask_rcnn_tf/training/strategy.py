@@ -11,8 +11,8 @@
 
 MultiWorkerMirroredStrategy must exist before TensorFlow's runtime starts, so `make_strategy`
 is the first TensorFlow call of a run. TPUStrategy is not offered here; the distributed input
-and step keep shapes static for it (padded, drop_remainder batches; replica-context
-all-reduces only).
+and step keep shapes static for it with data.pad_mode square (padded, drop_remainder batches;
+replica-context all-reduces only).
 """
 
 import json

@@ -17,11 +17,12 @@ from mask_rcnn_tf.modeling.factory import build_model
 from mask_rcnn_tf.training import callbacks as callback_lib
 from mask_rcnn_tf.training.backup import restore_backup, worker_output_dir
 from mask_rcnn_tf.training.checkpoints import CheckpointStore
-from mask_rcnn_tf.weights.io import latest_checkpoint
+from mask_rcnn_tf.training.keras_distribute import DistributedMaskRCNN
 from mask_rcnn_tf.training.optimizer import build_optimizer
 from mask_rcnn_tf.training.schedules import WarmupCosineDecay, WarmupStepDecay
 from mask_rcnn_tf.training.strategy import make_strategy
 from mask_rcnn_tf.weights.init import apply_init_weights, read_init_weights
+from mask_rcnn_tf.weights.io import latest_checkpoint
 from mask_rcnn_tf.weights.labels import SCHEMA_NAME, write_label_schema
 
 logger = logging.getLogger("mask_rcnn_tf.training")
@@ -89,7 +90,8 @@ def make_schedule(config: Config, num_replicas: int = 1):
 
 def compile_model(config: Config, num_replicas: int = 1):
     """Builds the model and its optimizer (call it inside the strategy's scope)."""
-    model = build_model(config.model, image_size=config.data.pad_size)
+    model = build_model(config.model, image_size=config.data.pad_size,
+                        model_class=DistributedMaskRCNN)
     t = config.train
     optimizer = build_optimizer(
         model, name=t.optimizer, learning_rate=make_schedule(config, num_replicas),

@@ -13,7 +13,7 @@ from mask_rcnn_tf.data.figures import KEYPOINT_NAMES, SKELETON
 from mask_rcnn_tf.data.pipeline import preprocess_image
 from mask_rcnn_tf.evaluation.predict import draw_results
 from tests.export.helpers import (CONFIG, SIZE, coco_frame, make_annotations, noise_images,
-                                  random_model, resize_scale, tiny_config)
+                                  pad_batch, random_model, resize_scale, tiny_config)
 
 CLASS_NAMES = {1: "figure"}
 
@@ -36,9 +36,8 @@ def test_predict_writes_keypoints_and_draws_the_skeleton(tmp_path):
         results = json.load(f)
     assert results
     for index, image in enumerate(images):
-        padded, resized_size, _ = preprocess_image(image, min_size=SIZE, max_size=SIZE,
-                                                   pad_size=SIZE)
-        outputs = model({"images": padded[None],
+        resized, resized_size, _ = preprocess_image(image, min_size=SIZE, max_size=SIZE)
+        outputs = model({"images": pad_batch([resized.numpy()]),
                          "image_sizes": tf.cast(resized_size, tf.float32)[None]}, training=False)
         count = int(outputs["num_detections"][0])
         want = coco_frame(outputs["detection_keypoints"][0, :count].numpy(),

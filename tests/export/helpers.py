@@ -77,16 +77,26 @@ def resize_scale(height, width, size=SIZE):
     return min(size / min(height, width), size / max(height, width))
 
 
+def pad_batch(images):
+    """float32 [B, H, W, 3]: resized [h, w, 3] images at the top-left of zeros, H and W the
+    largest height and width rounded up to a multiple of 32 (the per-batch padding rule)."""
+    sizes = np.array([image.shape[:2] for image in images])
+    height, width = -(-sizes.max(axis=0) // 32) * 32
+    batch = np.zeros((len(images), height, width, 3), np.float32)
+    for b, image in enumerate(images):
+        batch[b, :image.shape[0], :image.shape[1]] = image
+    return batch
+
+
 def run_model(model, images, size):
     """The Keras model's detections on uint8 images resized to min = max side `size` and padded
-    to size x size, as NumPy arrays."""
-    padded, resized = [], []
+    together as one batch (pad_batch), as NumPy arrays."""
+    resized, sizes = [], []
     for image in images:
-        image, resized_size, _ = preprocess_image(image, min_size=size, max_size=size,
-                                                  pad_size=size)
-        padded.append(image)
-        resized.append(tf.cast(resized_size, tf.float32))
-    outputs = model({"images": tf.stack(padded), "image_sizes": tf.stack(resized)},
+        image, resized_size, _ = preprocess_image(image, min_size=size, max_size=size)
+        resized.append(image.numpy())
+        sizes.append(tf.cast(resized_size, tf.float32))
+    outputs = model({"images": pad_batch(resized), "image_sizes": tf.stack(sizes)},
                     training=False)
     return {key: value.numpy() for key, value in outputs.items()}
 

@@ -132,6 +132,34 @@ def test_rpn_targets_padding_gt_is_never_matched():
     np.testing.assert_allclose(out["box_targets"].numpy(), want, atol=1e-6)
 
 
+@pytest.mark.parametrize("straddle", [0.0, 6.0])
+def test_rpn_targets_ignore_anchors_outside_the_valid_area(straddle):
+    # The 96 x 96 grid is the padded input; the images inside it are smaller, so many anchors
+    # lie partly or wholly in padding. Every labelled anchor is sampled (samples >= anchors,
+    # positive fraction 1), so the sampled set is exactly the labelled one.
+    anchors = _anchor_grid()
+    gt_boxes, gt_valid = _rpn_gt()
+    image_sizes = np.array([[80, 76], [60, 96], [50, 40]], np.float32)
+    args = dict(RPN_ARGS, num_samples=len(anchors), positive_fraction=1.0)
+    out = {k: np.asarray(v) for k, v in targets.rpn_targets(
+        anchors, gt_boxes, gt_valid, image_sizes, straddle_thresh=straddle, seed=0,
+        **args).items()}
+    for b, (height, width) in enumerate(image_sizes):
+        visible = ((anchors[:, :2] >= -straddle).all(1) & (anchors[:, 2] <= height + straddle)
+                   & (anchors[:, 3] <= width + straddle))
+        assert 0 < visible.sum() < len(anchors)
+        labels = np.full(len(anchors), -1)
+        labels[visible], _ = _np_labels(anchors[visible], gt_boxes[b], gt_valid[b], 0.7, 0.3,
+                                        True)
+        sampled = out["indices"][b][out["valid"][b]]
+        assert sorted(sampled.tolist()) == np.flatnonzero(labels >= 0).tolist()
+        np.testing.assert_array_equal(out["labels"][b][out["valid"][b]], labels[sampled])
+        assert visible[sampled].all()
+    # Objects inside their image keep positives: image 0's second one (to y 80, x 72) sits
+    # at its image's edge and still claims its best visible anchors.
+    assert out["labels"][0].sum() > 0 and out["labels"][1].sum() > 0
+
+
 def test_rpn_targets_image_without_gt():
     anchors = _anchor_grid()
     out = targets.rpn_targets(anchors, np.zeros((2, 4, 4), np.float32), np.zeros((2, 4), bool),
