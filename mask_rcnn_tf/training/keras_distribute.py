@@ -2,10 +2,18 @@
 
 `DistributedMaskRCNN` is the model the trainer builds (training/train.py): MaskRCNN with three
 fixes for Keras behaviour under MirroredStrategy and MultiWorkerMirroredStrategy, each through
-private Keras API. No upstream issue number is known to us for any of them; each is described
-below with the Keras 3.15.1 code it works around, and tests/training/test_distribute_keras.py
-asserts that code is still there (it fails once Keras changes, so the workaround can go);
-tests/training/test_distribute_runs.py shows that the multi-device runs equal one device's.
+private Keras API. Each is described below with the Keras 3.15.1 code it works around; the
+upstream reports closest to them (none names exactly our case, none is fixed in 3.15):
+  - first-batch build under MultiWorkerMirroredStrategy with dict inputs: keras-team/keras#20329
+    ("Tensorflow MultiWorkerMirroredStrategy and input dictionaries", open);
+  - per-replica reduction of step outputs across workers: keras-team/keras#19280 ("metrics
+    don't reduce to mean on multi-gpu");
+  - clipping applied to each replica's gradient before the all-reduce:
+    tensorflow/tensorflow#33929 (the Keras optimizer's clipnorm under a distribution strategy;
+    Keras 3's BaseOptimizer kept clipping before aggregation).
+tests/training/test_distribute_keras.py asserts that code is still there (it fails once Keras
+changes, so the workaround can go); tests/training/test_distribute_runs.py shows that the
+multi-device runs equal one device's.
 """
 
 import tensorflow as tf
