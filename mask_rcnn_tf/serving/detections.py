@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from mask_rcnn_tf.serving.masks import paste_mask
+from mask_rcnn_tf.mask_paste import paste_mask
 
 
 # eq=False: fields hold arrays, which have no single truth value for ==.
