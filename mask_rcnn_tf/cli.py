@@ -70,6 +70,12 @@ def _parser():
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
     export.add_argument("--full-masks", action="store_true",
                         help="add detection_masks_full: uint8 masks pasted into the images")
+    export.add_argument("--encoded-masks", choices=["png"],
+                        help="add detection_masks_encoded: one PNG per detection of its "
+                             "full-image mask (KBs, not the MBs of --full-masks)")
+    export.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                        help="bfloat16: the network computes under Keras' mixed_bfloat16 "
+                             "(inputs and outputs keep their dtypes)")
 
     serve = commands.add_parser(
         "serve", help="development gRPC server with TF Serving's API (production: "
@@ -180,7 +186,8 @@ def run(args):
 
         path = export_saved_model(_config(args), args.export_base, model_dir=args.model_dir,
                                   weights=args.weights, version=args.version,
-                                  overwrite=args.overwrite, full_masks=args.full_masks)
+                                  overwrite=args.overwrite, full_masks=args.full_masks,
+                                  encoded_masks=args.encoded_masks, precision=args.precision)
         print(json.dumps({"export_dir": path}))
     elif args.command == "serve":
         from mask_rcnn_tf.serving.server import serve

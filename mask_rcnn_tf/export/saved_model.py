@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 
+import keras
 import tensorflow as tf
 
 from mask_rcnn_tf.data.inputs import load_label_schema
@@ -33,6 +34,11 @@ from mask_rcnn_tf.modeling.factory import build_model
 from mask_rcnn_tf.training.checkpoints import load_model_weights
 
 logger = logging.getLogger("mask_rcnn_tf.export")
+
+# --precision -> the Keras dtype policy the network is built under. Variables stay float32 under
+# mixed_bfloat16, and the model's outputs are float32 (its layers cast back), so the
+# signatures' inputs and outputs are the same for both.
+PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
 def check_class_names(class_names, num_classes, source):
@@ -108,7 +114,7 @@ def _write_lines(path, lines):
 
 
 def save_servable(model, path, *, class_names, data_config, full_masks=False,
-                  mask_threshold=0.5, keypoint_names=(), skeleton=()):
+                  mask_threshold=0.5, keypoint_names=(), skeleton=(), encoded_masks=None):
     """Writes the serving SavedModel of a built model to the new folder `path`.
 
     Args:
@@ -120,6 +126,7 @@ def save_servable(model, path, *, class_names, data_config, full_masks=False,
         mask_threshold: probability at which a pasted full-mask pixel is foreground.
         keypoint_names: Kp names for a model with the keypoint branch (check_keypoint_schema).
         skeleton: 1-based (a, b) keypoint pairs.
+        encoded_masks: None or "png": add the detection_masks_encoded output.
     """
     with tempfile.TemporaryDirectory() as scratch:
         labels_path = os.path.join(scratch, LABELS_FILE)
@@ -132,14 +139,16 @@ def save_servable(model, path, *, class_names, data_config, full_masks=False,
         serving = ServingModule(model, class_names=class_names, min_size=d.min_size,
                                 max_size=d.max_size, pad_size=d.pad_size, mean=d.mean, std=d.std,
                                 full_masks=full_masks, mask_threshold=mask_threshold,
-                                keypoint_names=keypoint_names, skeleton=skeleton)
+                                keypoint_names=keypoint_names, skeleton=skeleton,
+                                encoded_masks=encoded_masks)
         root, signatures = serving.saveable(labels_path, keypoints_path)
         tf.saved_model.save(root, path, signatures=signatures)
     write_warmup_file(path, warmup_requests())
 
 
 def export_saved_model(config, export_base, *, model_dir=None, weights=None, version=None,
-                       overwrite=False, full_masks=False):
+                       overwrite=False, full_masks=False, encoded_masks=None,
+                       precision="float32"):
     """Builds the model of `config`, loads its weights and writes export_base/<version>/.
 
     Class names, and for a model with the keypoint branch keypoint names and skeleton, come from
@@ -155,6 +164,9 @@ def export_saved_model(config, export_base, *, model_dir=None, weights=None, ver
         version: positive int; None: one past the highest version present.
         overwrite: replace an existing version folder.
         full_masks: add the uint8 detection_masks_full output.
+        encoded_masks: None or "png": add the detection_masks_encoded output (one PNG per
+            detection, export/mask_encoding.py).
+        precision: a key of PRECISION_POLICIES; "bfloat16" computes the network in bfloat16.
 
     Returns:
         str, the path of the version folder written.
@@ -170,14 +182,29 @@ def export_saved_model(config, export_base, *, model_dir=None, weights=None, ver
     keypoint_names, skeleton = check_keypoint_schema(
         schema.keypoint_names, schema.skeleton, config.model.keypoints.num_keypoints,
         schema.annotations_path)
-    model = build_model(config.model, image_size=config.data.pad_size)
+    if precision not in PRECISION_POLICIES:
+        raise ValueError(f"export: precision must be one of {list(PRECISION_POLICIES)}, "
+                         f"got {precision!r}")
+    model = _build_model_under_policy(config, PRECISION_POLICIES[precision])
     loaded = load_model_weights(model, model_dir=model_dir, weights=weights)
     path = publish_version(
         export_base, version,
         lambda temp: save_servable(model, temp, class_names=class_names, data_config=config.data,
                                    full_masks=full_masks,
                                    mask_threshold=config.eval.mask_threshold,
-                                   keypoint_names=keypoint_names, skeleton=skeleton),
+                                   keypoint_names=keypoint_names, skeleton=skeleton,
+                                   encoded_masks=encoded_masks),
         overwrite=overwrite)
-    logger.info("exported weights %s to %s", loaded, path)
+    logger.info("exported weights %s to %s (%s)", loaded, path, precision)
     return path
+
+
+def _build_model_under_policy(config, policy):
+    """build_model with every layer under the Keras dtype policy `policy`; the global policy is
+    restored after (layers keep the policy they were created with)."""
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        return build_model(config.model, image_size=config.data.pad_size)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)

@@ -58,6 +58,31 @@ def image_pixels(image, index):
         raise ValueError(f"image {index}: does not decode as an image ({err})") from None
 
 
+def decode_mask(data, image_size):
+    """A detection's full-image mask from the export's detection_masks_encoded.
+
+    Args:
+        data: bytes, a PNG of uint8 [h, w] (0 / 1), or b"" for a mask with no pixel.
+        image_size: (h, w) of the detection's image.
+
+    Returns:
+        bool [h, w] NumPy array.
+
+    Raises:
+        ValueError: data that is not a PNG of the image's size.
+    """
+    if not data:
+        return np.zeros(image_size, bool)
+    try:
+        with Image.open(io.BytesIO(data)) as decoded:
+            mask = np.asarray(decoded)
+    except Exception as err:  # PIL raises many types for data that is not an image.
+        raise ValueError(f"encoded mask does not decode as an image ({err})") from None
+    if mask.shape != tuple(image_size):
+        raise ValueError(f"encoded mask is {list(mask.shape)}, its image is {list(image_size)}")
+    return mask > 0
+
+
 def _checked_array(image, index):
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image {index}: expected a path, bytes or a NumPy array, "

@@ -90,6 +90,29 @@ def test_full_image_masks_threshold_and_zero_beyond_each_image():
     assert not full[0, 1].any() and not full[1, 1].any()
 
 
+def test_full_image_masks_equal_a_whole_canvas_paste():
+    # Pasting only around each box (no float canvas) gives the pixels of a paste over the whole
+    # canvas: random boxes, some past the image edges, some empty, tiny and huge.
+    rng = np.random.default_rng(1)
+    masks = rng.uniform(size=(2, 6, 7, 7)).astype(np.float32)
+    y1, x1 = rng.uniform(-10, 40, (2, 6)), rng.uniform(-10, 30, (2, 6))
+    boxes = np.stack([y1, x1, y1 + rng.uniform(0.3, 30, (2, 6)), x1 + rng.uniform(0.3, 30, (2, 6))],
+                     axis=-1).astype(np.float32)
+    boxes[0, 5] = 0.0                      # a padding row
+    boxes[1, 4] = [60, 50, 70, 60]         # wholly outside its image
+    boxes[1, 5] = [-100, -100, 200, 200]   # far larger than the image
+    sizes = np.array([[45, 38], [30, 41]], np.int32)
+    full = postprocess.full_image_masks(masks, boxes, sizes, 0.5).numpy()
+    probs = paste_masks(masks, boxes, (45, 41)).numpy()
+    inside = (np.arange(45)[None, :, None] < sizes[:, 0, None, None]) & \
+        (np.arange(41)[None, None, :] < sizes[:, 1, None, None])
+    expected = (probs >= 0.5) & inside[:, None]
+    decided = np.abs(probs - 0.5) > 1e-4
+    np.testing.assert_array_equal(full[decided], expected[decided])
+    assert full[0, :5].any(axis=(1, 2)).sum() >= 4 and full[1, 5, :30].any()
+    assert not full[0, 5].any() and not full[1, 4].any()
+
+
 def test_boxes_back_to_original_pixels_padding_zero():
     boxes = np.array([[[10.0, 20.0, 30.0, 64.0], [1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 6.0, 6.0]]],
                      np.float32)
