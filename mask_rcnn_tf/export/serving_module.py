@@ -17,11 +17,14 @@ K object classes, Kp keypoints, S skeleton limbs, Hc x Wc the largest image of t
                        detection_masks_full uint8 [B, N, Hc, Wc]  (only when exported with
                                             full masks) 0 / 1, pasted into each image, zero
                                             beyond that image's (h, w)
-                       detection_masks_encoded string [B, N]  (only when exported with encoded
-                                            masks) the same mask as detection_masks_full in the
-                                            image's own (h, w), as a PNG (uint8 0 / 1, one
-                                            channel); b"" on padding rows and for a mask with
-                                            no pixel in its image (export/mask_encoding.py)
+                       detection_masks_encoded_bytes  string [B, N]  (only when exported with
+                                            encoded masks) the same mask as
+                                            detection_masks_full in the image's own (h, w), as
+                                            a PNG (uint8 0 / 1, one channel); b"" on padding
+                                            rows and for a mask with no pixel in its image
+                                            (export/mask_encoding.py). The "_bytes" suffix is
+                                            TF Serving's: its REST API sends string outputs so
+                                            named as {"b64": ...}, others as (UTF-8) text
                        detection_keypoints  float32 [B, N, Kp, 3]  (only for a model with the
                                             keypoint branch) (x, y, score): x, y pixels of the
                                             original image in COCO's pixel-index frame (pixel
@@ -75,7 +78,7 @@ class ServingModule:
             trained with (data config).
         full_masks: add the detection_masks_full output.
         encoded_masks: None, or an encoding of mask_encoding.ENCODINGS ("png"): add the
-            detection_masks_encoded output.
+            detection_masks_encoded_bytes output.
         mask_threshold: probability at which a pasted mask pixel is foreground.
     """
 
@@ -197,7 +200,7 @@ class ServingModule:
             outputs["detection_masks_full"] = postprocess.full_image_masks(
                 masks, boxes, image_sizes, self.mask_threshold)
         if self.encoded_masks is not None:
-            outputs["detection_masks_encoded"] = mask_encoding.encoded_masks(
+            outputs["detection_masks_encoded_bytes"] = mask_encoding.encoded_masks(
                 masks, boxes, image_sizes, valid, self.mask_threshold, self.encoded_masks)
         if self.keypoint_names:
             keypoints = keypoint_ops.keypoints_to_original_frame(

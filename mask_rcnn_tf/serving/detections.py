@@ -55,7 +55,7 @@ def detections_from_outputs(outputs, index, class_names, keypoint_names, min_sco
         outputs: dict of the response's arrays (export/serving_module.py: num_detections [B],
             detection_boxes [B, N, 4], detection_classes [B, N], detection_scores [B, N],
             detection_masks [B, N, M, M], detection_masks_full [B, N, Hc, Wc] or
-            detection_masks_encoded [B, N] (used first when present), image_sizes
+            detection_masks_encoded_bytes [B, N] (used first when present), image_sizes
             [B, 2], optionally detection_keypoints [B, N, Kp, 3]).
         index: the image's row.
         class_names: K names, class 1 first, or None.
@@ -68,7 +68,7 @@ def detections_from_outputs(outputs, index, class_names, keypoint_names, min_sco
     """
     height, width = (int(v) for v in outputs["image_sizes"][index])
     full_masks = outputs.get("detection_masks_full")
-    encoded_masks = outputs.get("detection_masks_encoded")
+    encoded_masks = outputs.get("detection_masks_encoded_bytes")
     keypoints = outputs.get("detection_keypoints")
     if keypoint_names is not None:
         keypoint_names = tuple(keypoint_names)

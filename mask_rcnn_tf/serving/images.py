@@ -59,7 +59,7 @@ def image_pixels(image, index):
 
 
 def decode_mask(data, image_size):
-    """A detection's full-image mask from the export's detection_masks_encoded.
+    """A detection's full-image mask from the export's detection_masks_encoded_bytes.
 
     Args:
         data: bytes, a PNG of uint8 [h, w] (0 / 1), or b"" for a mask with no pixel.

@@ -143,7 +143,7 @@ def test_saved_model_cli_show_lists_the_signatures(setup):
         ("outputs", "detection_masks"): ("DT_FLOAT", f"(-1,{NUM_DETECTIONS},28,28)"),
         ("outputs", "image_sizes"): ("DT_INT32", "(-1,2)"),
         ("outputs", "detection_masks_full"): ("DT_UINT8", f"(-1,{NUM_DETECTIONS},-1,-1)"),
-        ("outputs", "detection_masks_encoded"): ("DT_STRING", f"(-1,{NUM_DETECTIONS})"),
+        ("outputs", "detection_masks_encoded_bytes"): ("DT_STRING", f"(-1,{NUM_DETECTIONS})"),
     }
     assert signatures["serving_default"] == {("inputs", "images"): ("DT_STRING", "(-1)"),
                                              **detections}
@@ -199,7 +199,7 @@ def test_ten_images_of_different_sizes_match_the_keras_model(setup):
                                           (probs >= 0.5)[decided])
     assert full.any()
     # Encoded masks: one PNG per detection, the full mask in its own image, pixel for pixel.
-    encoded = served["detection_masks_encoded"]
+    encoded = served["detection_masks_encoded_bytes"]
     assert encoded.shape == (10, NUM_DETECTIONS)
     for b, (height, width) in enumerate(IMAGE_SIZES):
         assert all(value == b"" for value in encoded[b, counts[b]:])

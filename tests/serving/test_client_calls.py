@@ -193,7 +193,7 @@ def test_encoded_masks_are_decoded_into_the_full_masks(serve_fake):
         buffer = io.BytesIO()
         Image.fromarray(mask).save(buffer, format="PNG")
         encoded.append(buffer.getvalue())
-    extra = {"detection_masks_encoded": np.array([encoded + [b""]], dtype=object),
+    extra = {"detection_masks_encoded_bytes": np.array([encoded + [b""]], dtype=object),
              "detection_masks_full": np.zeros([1, 3, 4, 4], np.uint8),
              "detection_boxes": np.zeros([1, 3, 4], np.float32),
              "num_detections": np.full([1], 3, np.int32),

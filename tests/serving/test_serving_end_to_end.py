@@ -72,15 +72,23 @@ def exported(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(exported):
-    """(target, subprocess, log path) of `mask-rcnn serve` on a free port, ready to serve."""
+def rest_port():
+    """The port the server fixture answers REST on."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def server(exported, rest_port):
+    """(target, subprocess, log path) of `mask-rcnn serve` on a free port, ready to serve (REST
+    on rest_port)."""
     base, _ = exported
     port = free_port()
     log_path = os.path.join(base, "..", "server.log")
     log = open(log_path, "w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "mask_rcnn_tf.cli", "serve", "--model-base-path", base,
-         "--model-name", MODEL_NAME, "--port", str(port), "--grace-seconds", "5"],
+         "--model-name", MODEL_NAME, "--port", str(port), "--grace-seconds", "5",
+         "--rest-port", str(rest_port)],
         stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     target = f"127.0.0.1:{port}"
     try:
