@@ -3,7 +3,10 @@ test_serving_end_to_end.py): the REST client gives the gRPC client's detections,
 formats, and tensorflow_model_server's HTTP statuses and error JSON for bad requests."""
 
 import base64
+import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +14,8 @@ import requests
 
 from mask_rcnn_tf.serving import (InvalidRequestError, MaskRCNNClient, MaskRCNNRestClient,
                                   ModelNotFoundError, SignatureNotFoundError)
-from tests.serving.test_serving_end_to_end import (MODEL_NAME, exported, rest_port,  # noqa: F401
-                                                   server)
+from tests.serving.test_serving_end_to_end import (MODEL_NAME, REPO, exported,  # noqa: F401
+                                                   rest_port, server)
 
 
 def b64(data):
@@ -109,3 +112,20 @@ def test_rest_client_raises_the_grpc_clients_errors(exported, server, rest_port)
         MaskRCNNRestClient(target, MODEL_NAME, signature="nope").predict_outputs(encoded[:1])
     with pytest.raises(InvalidRequestError, match="Unknown image file format"):
         MaskRCNNRestClient(target, MODEL_NAME).predict_outputs([b"not an image"])
+
+
+def test_client_command_over_rest_prints_what_grpc_prints(exported, server, rest_port,  # noqa: F811
+                                                          tmp_path):
+    _, encoded = exported
+    target, _, _ = server
+    path = tmp_path / "image.png"
+    path.write_bytes(encoded[3])
+    reports = []
+    for extra in (["--server", target], ["--server", f"127.0.0.1:{rest_port}", "--rest"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "mask_rcnn_tf.cli", "client", "--model-name", MODEL_NAME,
+             "--min-score", "0", *extra, str(path)],
+            capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert result.returncode == 0, result.stderr
+        reports.append(json.loads(result.stdout))
+    assert reports[0][0]["detections"] and reports[1] == reports[0]
