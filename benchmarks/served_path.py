@@ -17,12 +17,15 @@ smoke test of the script. Everything runs with --threads intra-op threads; the d
    side of it), client decode (parse, arrays, Detection objects with pasted masks).
 2. server: median latency through the dev server (gRPC and REST) at concurrency 1 against the
    in-process signature call; throughput at concurrency 1 and 4 (4 threads sharing a client).
-3. masks: response bytes and client decode ms for 100 detections with 28 x 28 masks,
-   detection_masks_full (uint8) and detection_masks_encoded_bytes (PNG), and whether the PNG
-   masks equal the uint8 ones pixel for pixel.
-4. bfloat16: the same export with --precision bfloat16: median latency of the request in
-   process, and on 20 shapes images (data/shapes.py) the float32 detections matched by a
-   bfloat16 detection of the same class with box IoU > 0.9 and full-mask IoU > 0.8.
+3. masks: for 100 detections, the response bytes (the PredictResponse the server sends, typed
+   fields) and client decode ms with 28 x 28 masks, detection_masks_full (uint8) and
+   detection_masks_encoded_bytes (PNG and COCO RLE exports), whether the decoded masks equal the
+   uint8 ones pixel for pixel, and the in-graph ms of building each (full_image_masks,
+   encoded_masks png / rle on the request's detections).
+4. bfloat16: the RLE export with --precision bfloat16 against the float32 one: median latency
+   of the request in process, and on 20 shapes images (data/shapes.py) the float32 detections
+   matched by a bfloat16 detection of the same class with box IoU > 0.9 (and also full-mask
+   IoU > 0.8).
 """
 
 import argparse
@@ -84,8 +87,9 @@ def _config(tiny):
                        ["model.roi_heads.score_threshold=0.0"])
 
 
-def _export(config, weights, base, precision, masks):
-    """Writes base/1 from `weights`; masks: add full uint8 and PNG masks."""
+def _export(config, weights, base, precision, encoding):
+    """Writes base/1 from `weights`; encoding None, or "png" (with the full uint8 masks too)
+    or "rle" for detection_masks_encoded_bytes."""
     import keras
 
     from mask_rcnn_tf.export.saved_model import PRECISION_POLICIES, save_servable
@@ -100,7 +104,7 @@ def _export(config, weights, base, precision, masks):
     model.load_weights(weights)
     names = [f"class{i}" for i in range(1, config.model.num_classes)]
     save_servable(model, str(Path(base) / "1"), class_names=names, data_config=config.data,
-                  full_masks=masks, encoded_masks="png" if masks else None,
+                  full_masks=encoding == "png", encoded_masks=encoding,
                   mask_threshold=config.eval.mask_threshold)
     return model
 
@@ -193,28 +197,30 @@ def _profile(args, config, model, signature, jpeg, target, rest_target):
     return ms, server
 
 
-def _mask_sizes(args, target, jpeg):
-    """Response bytes and client decode ms for each mask output of the masks export."""
-    import grpc
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+def _mask_sizes(args, signatures, jpeg):
+    """Response bytes, client decode ms and in-graph ms of each kind of mask output."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
 
+    from mask_rcnn_tf.export import mask_encoding, postprocess
     from mask_rcnn_tf.serving.detections import detections_from_outputs
     from mask_rcnn_tf.serving.tensors import make_ndarray, make_tensor_proto
 
+    encoded = tf.constant([jpeg])
+    outputs = {encoding: {k: v.numpy() for k, v in signatures[encoding](images=encoded).items()}
+               for encoding in ("png", "rle")}
     base = ["num_detections", "detection_boxes", "detection_classes", "detection_scores",
             "image_sizes"]
-    variants = {"masks_28x28": base + ["detection_masks"],
-                "full_uint8": base + ["detection_masks_full"],
-                "encoded_png": base + ["detection_masks_encoded_bytes"]}
-    channel = grpc.insecure_channel(target, options=[
-        ("grpc.max_receive_message_length", 2**31 - 1)])
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    variants = {"masks_28x28": ("png", "detection_masks"),
+                "full_uint8": ("png", "detection_masks_full"),
+                "encoded_png": ("png", "detection_masks_encoded_bytes"),
+                "encoded_rle": ("rle", "detection_masks_encoded_bytes")}
     results, masks = {}, {}
-    for name, outputs in variants.items():
-        request = predict_pb2.PredictRequest(output_filter=outputs)
-        request.model_spec.name = MODEL_NAME
-        request.inputs["images"].CopyFrom(make_tensor_proto(np.array([jpeg], dtype=object)))
-        response = stub.Predict(request, timeout=900)
+    for name, (encoding, mask_output) in variants.items():
+        response = predict_pb2.PredictResponse()
+        for key in base + [mask_output]:
+            response.outputs[key].CopyFrom(make_tensor_proto(outputs[encoding][key],
+                                                             use_tensor_content=False))
         wire = response.SerializeToString()
 
         def decode(wire=wire):
@@ -225,10 +231,24 @@ def _mask_sizes(args, target, jpeg):
         masks[name] = np.array([d.mask for d in decode()])
         results[name] = {"response_bytes": len(wire),
                          "client_decode_ms": _median_ms(decode, args.runs, args.warmup)}
-    channel.close()
-    results["encoded_equals_full"] = bool(np.array_equal(masks["encoded_png"],
-                                                         masks["full_uint8"]))
+    for name in ("encoded_png", "encoded_rle"):
+        results[f"{name}_equals_full"] = bool(np.array_equal(masks[name], masks["full_uint8"]))
     results["detections"] = int(len(masks["full_uint8"]))
+    # In-graph cost of each, on these detections (clipped boxes: close to the served ones).
+    out = outputs["png"]
+    valid = postprocess.valid_rows(out["num_detections"], out["detection_boxes"].shape[1])
+    args_ = (tf.constant(out["detection_masks"]), tf.constant(out["detection_boxes"]),
+             tf.constant(out["image_sizes"]))
+    builders = {
+        "full_uint8": tf.function(lambda m, b, s: postprocess.full_image_masks(m, b, s, 0.5)),
+        "encoded_png": tf.function(lambda m, b, s: mask_encoding.encoded_masks(
+            m, b, s, valid, 0.5, "png")),
+        "encoded_rle": tf.function(lambda m, b, s: mask_encoding.encoded_masks(
+            m, b, s, valid, 0.5, "rle")),
+    }
+    for name, build in builders.items():
+        results[name]["in_graph_ms"] = _median_ms(lambda build=build: build(*args_).numpy(),
+                                                  args.runs, args.warmup)
     return results
 
 
@@ -244,10 +264,20 @@ def _bfloat16(args, signature_f32, signature_bf16, jpeg, scratch):
     from mask_rcnn_tf.data.shapes import make_shapes
     from mask_rcnn_tf.serving.images import decode_mask
 
+    # On a shared machine the two exports alternate, so load drifts hit both alike.
     encoded = tf.constant([jpeg])
-    latency = {name: _median_ms(lambda s=s: s(images=encoded)["num_detections"].numpy(),
-                                args.runs, args.warmup)
-               for name, s in (("float32", signature_f32), ("bfloat16", signature_bf16))}
+    calls = {name: (lambda s=s: s(images=encoded)["num_detections"].numpy())
+             for name, s in (("float32", signature_f32), ("bfloat16", signature_bf16))}
+    for call in calls.values():
+        for _ in range(args.warmup):
+            call()
+    times = {name: [] for name in calls}
+    for _ in range(args.runs):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    latency = {name: 1000.0 * statistics.median(values) for name, values in times.items()}
     shapes = make_shapes(Path(scratch) / "shapes", num_images=20, seed=1, image_size=128)
     images = sorted((Path(shapes["annotations_path"]).parent / "images").glob("*.png"))
     total = box_matched = mask_matched = 0
@@ -301,27 +331,28 @@ def main():
         keras.utils.set_random_seed(0)
         weights = str(Path(scratch) / "random.weights.h5")
         build_model(config.model, image_size=config.data.pad_size).save_weights(weights)
-        exports = {(precision, masks): Path(scratch) / f"{precision}_{masks}"
-                   for precision, masks in (("float32", False), ("float32", True),
-                                            ("bfloat16", True))}
+        exports = {(precision, encoding): Path(scratch) / f"{precision}_{encoding}"
+                   for precision, encoding in (("float32", None), ("float32", "png"),
+                                               ("float32", "rle"), ("bfloat16", "rle"))}
         models = {key: _export(config, weights, path, *key) for key, path in exports.items()}
         signatures = {key: tf.saved_model.load(str(path / "1")).signatures["serving_default"]
                       for key, path in exports.items()}
         servers = {}
         try:
-            for key in (("float32", False), ("float32", True)):
-                servers[key] = _start_server(exports[key], args.threads)
-            _, target, rest_target = servers[("float32", False)]
+            servers["plain"] = _start_server(exports[("float32", None)], args.threads)
+            _, target, rest_target = servers["plain"]
             report["profile_ms"], report["server"] = _profile(
-                args, config, models[("float32", False)], signatures[("float32", False)], jpeg,
+                args, config, models[("float32", None)], signatures[("float32", None)], jpeg,
                 target, rest_target)
-            report["masks"] = _mask_sizes(args, servers[("float32", True)][1], jpeg)
         finally:
             for process, _, _ in servers.values():
                 process.terminate()
                 process.wait()
-        report["bfloat16"] = _bfloat16(args, signatures[("float32", True)],
-                                       signatures[("bfloat16", True)], jpeg, scratch)
+        report["masks"] = _mask_sizes(
+            args, {"png": signatures[("float32", "png")], "rle": signatures[("float32", "rle")]},
+            jpeg)
+        report["bfloat16"] = _bfloat16(args, signatures[("float32", "rle")],
+                                       signatures[("bfloat16", "rle")], jpeg, scratch)
     print(json.dumps(report, indent=2))
     if args.json:
         with open(args.json, "w") as f:

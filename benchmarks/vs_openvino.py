@@ -115,7 +115,7 @@ def main():
         build_model(config.model, image_size=config.data.pad_size).save_weights(weights)
         for precision, key in (("float32", "f32"), ("bfloat16", "bf16")):
             base = Path(scratch) / precision
-            _export(config, weights, base, precision, masks=False)
+            _export(config, weights, base, precision, None)
             signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
             ms = _median_ms(lambda: signature(images=jpeg)["num_detections"].numpy(),
                             args.runs, args.warmup)

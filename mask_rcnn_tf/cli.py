@@ -70,9 +70,10 @@ def _parser():
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
     export.add_argument("--full-masks", action="store_true",
                         help="add detection_masks_full: uint8 masks pasted into the images")
-    export.add_argument("--encoded-masks", choices=["png"],
-                        help="add detection_masks_encoded_bytes: one PNG per detection of its "
-                             "full-image mask (KBs, not the MBs of --full-masks)")
+    export.add_argument("--encoded-masks", choices=["png", "rle"],
+                        help="add detection_masks_encoded_bytes: each detection's full-image "
+                             "mask as a PNG or as COCO RLE counts (KBs, not the MBs of "
+                             "--full-masks)")
     export.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                         help="bfloat16: the network computes under Keras' mixed_bfloat16 "
                              "(inputs and outputs keep their dtypes)")

@@ -126,7 +126,7 @@ def save_servable(model, path, *, class_names, data_config, full_masks=False,
         mask_threshold: probability at which a pasted full-mask pixel is foreground.
         keypoint_names: Kp names for a model with the keypoint branch (check_keypoint_schema).
         skeleton: 1-based (a, b) keypoint pairs.
-        encoded_masks: None or "png": add the detection_masks_encoded_bytes output.
+        encoded_masks: None, "png" or "rle": add the detection_masks_encoded_bytes output.
     """
     with tempfile.TemporaryDirectory() as scratch:
         labels_path = os.path.join(scratch, LABELS_FILE)
@@ -164,8 +164,8 @@ def export_saved_model(config, export_base, *, model_dir=None, weights=None, ver
         version: positive int; None: one past the highest version present.
         overwrite: replace an existing version folder.
         full_masks: add the uint8 detection_masks_full output.
-        encoded_masks: None or "png": add the detection_masks_encoded_bytes output (one PNG
-            per detection, export/mask_encoding.py).
+        encoded_masks: None, "png" or "rle": add the detection_masks_encoded_bytes output
+            (one PNG or COCO RLE string per detection, export/mask_encoding.py).
         precision: a key of PRECISION_POLICIES; "bfloat16" computes the network in bfloat16.
 
     Returns:

@@ -20,11 +20,12 @@ K object classes, Kp keypoints, S skeleton limbs, Hc x Wc the largest image of t
                        detection_masks_encoded_bytes  string [B, N]  (only when exported with
                                             encoded masks) the same mask as
                                             detection_masks_full in the image's own (h, w), as
-                                            a PNG (uint8 0 / 1, one channel); b"" on padding
-                                            rows and for a mask with no pixel in its image
-                                            (export/mask_encoding.py). The "_bytes" suffix is
-                                            TF Serving's: its REST API sends string outputs so
-                                            named as {"b64": ...}, others as (UTF-8) text
+                                            a PNG (uint8 0 / 1, one channel; b"" for a mask
+                                            with no pixel in its image) or COCO RLE counts; b""
+                                            on padding rows (export/mask_encoding.py). The
+                                            "_bytes" suffix is TF Serving's: its REST API sends
+                                            string outputs so named as {"b64": ...}, others as
+                                            (UTF-8) text
                        detection_keypoints  float32 [B, N, Kp, 3]  (only for a model with the
                                             keypoint branch) (x, y, score): x, y pixels of the
                                             original image in COCO's pixel-index frame (pixel
@@ -77,7 +78,7 @@ class ServingModule:
         min_size, max_size, pad_size, mean, std: the resizing and normalization the model was
             trained with (data config).
         full_masks: add the detection_masks_full output.
-        encoded_masks: None, or an encoding of mask_encoding.ENCODINGS ("png"): add the
+        encoded_masks: None, or an encoding of mask_encoding.ENCODINGS ("png", "rle"): add the
             detection_masks_encoded_bytes output.
         mask_threshold: probability at which a pasted mask pixel is foreground.
     """
