@@ -8,7 +8,9 @@ Two encodings of the detection's mask in its own image's (h, w):
 - "rle": COCO's compressed RLE string (pycocotools' `counts`, column-major runs, zeros first),
   computed from the pasted region alone, so its cost follows the box, not the image; decode
   with pycocotools.mask.decode({"size": [h, w], "counts": ...}).
-Sizes and times of both: benchmarks/served_path.py ("masks").
+For 100 detections in an 800 x 1333 image, RLE came out about 16x faster to build and 8x
+smaller than PNG (15 KB against 128 KB; serving/README.md), hence the recommended choice;
+benchmarks/served_path.py ("masks") measures both on a real request.
 
 Shapes: B images, N detections per image, M mask side, R runs.
 """
