@@ -7,13 +7,16 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import requests
 
-from mask_rcnn_tf.serving import (InvalidRequestError, MaskRCNNClient, MaskRCNNRestClient,
-                                  ModelNotFoundError, SignatureNotFoundError)
+from mask_rcnn_tf.serving import (DeadlineExceededError, InvalidRequestError, MaskRCNNClient,
+                                  MaskRCNNRestClient, ModelNotFoundError,
+                                  ServerUnavailableError, SignatureNotFoundError)
+from tests.serving.fake_model import free_port
 from tests.serving.test_serving_end_to_end import (MODEL_NAME, REPO, exported,  # noqa: F401
                                                    rest_port, server)
 
@@ -129,3 +132,24 @@ def test_client_command_over_rest_prints_what_grpc_prints(exported, server, rest
         assert result.returncode == 0, result.stderr
         reports.append(json.loads(result.stdout))
     assert reports[0][0]["detections"] and reports[1] == reports[0]
+
+
+def test_rest_client_retries_then_reports_no_server_and_deadlines():
+    client = MaskRCNNRestClient(f"127.0.0.1:{free_port()}", MODEL_NAME, retries=2, backoff=0.01)
+    start = time.monotonic()
+    with pytest.raises(ServerUnavailableError, match="UNAVAILABLE"):
+        client.predict_outputs([b"x"])
+    with pytest.raises(DeadlineExceededError, match="not ready after 0.3 s"):
+        client.wait_until_ready(timeout=0.3, poll_interval=0.05)
+    assert time.monotonic() - start < 30
+
+
+def test_serve_refuses_bad_thread_flags_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mask_rcnn_tf.cli", "serve", "--model-base-path", str(tmp_path),
+         "--model-name", "m", "--intra-op-threads", "0"],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "mask-rcnn serve: error: --intra-op-threads and --inter-op-threads must be at least 1, "
+        "got 0 and 2")
