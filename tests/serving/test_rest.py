@@ -3,6 +3,7 @@ test_serving_end_to_end.py): the REST client gives the gRPC client's detections,
 formats, and tensorflow_model_server's HTTP statuses and error JSON for bad requests."""
 
 import base64
+import io
 import json
 import re
 import subprocess
@@ -12,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from mask_rcnn_tf.serving import (DeadlineExceededError, InvalidRequestError, MaskRCNNClient,
                                   MaskRCNNRestClient, ModelNotFoundError,
@@ -40,6 +42,17 @@ def test_rest_and_grpc_give_the_same_detections(exported, server, rest_port):  #
     for name, value in by_grpc.items():
         assert by_rest[name].dtype == value.dtype, name
         np.testing.assert_array_equal(by_rest[name], value, err_msg=name)
+    # Pixels (serving_tensor) travel as nested JSON lists of uint8.
+    same_size = [i for i, data in enumerate(encoded) if Image.open(io.BytesIO(data)).size
+                 == Image.open(io.BytesIO(encoded[0])).size]
+    pixels = [np.asarray(Image.open(io.BytesIO(encoded[i])).convert("RGB")) for i in same_size]
+    with MaskRCNNClient(target, MODEL_NAME, signature="serving_tensor") as grpc_client, \
+            MaskRCNNRestClient(f"127.0.0.1:{rest_port}", MODEL_NAME,
+                               signature="serving_tensor") as rest:
+        tensor_grpc, tensor_rest = grpc_client.predict_outputs(pixels), rest.predict_outputs(pixels)
+    assert len(pixels) >= 2 and sorted(tensor_rest) == sorted(tensor_grpc)
+    for name, value in tensor_grpc.items():
+        np.testing.assert_array_equal(tensor_rest[name], value, err_msg=name)
     for found_grpc, found_rest in zip(detections_grpc, detections_rest):
         assert len(found_grpc) == len(found_rest)
         for a, b in zip(found_grpc, found_rest):
