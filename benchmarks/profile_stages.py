@@ -21,13 +21,14 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from served_path import IMAGE_SIZE, _median_ms  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE_SIZE = (800, 1333)
 PADDED_SIZE = (800, 1344)
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -43,17 +44,6 @@ def _image(tiny):
 
     crop = data.coffee()[20:380]
     return np.asarray(Image.fromarray(crop).resize(IMAGE_SIZE[::-1], Image.BILINEAR)), PADDED_SIZE
-
-
-def _median_ms(fn, runs, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
 
 
 def _worker(args):

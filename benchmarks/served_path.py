@@ -90,17 +90,9 @@ def _config(tiny):
 def _export(config, weights, base, precision, encoding):
     """Writes base/1 from `weights`; encoding None, or "png" (with the full uint8 masks too)
     or "rle" for detection_masks_encoded_bytes."""
-    import keras
+    from mask_rcnn_tf.export.saved_model import build_model_for_precision, save_servable
 
-    from mask_rcnn_tf.export.saved_model import PRECISION_POLICIES, save_servable
-    from mask_rcnn_tf.modeling.factory import build_model
-
-    previous = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy(PRECISION_POLICIES[precision])
-    try:
-        model = build_model(config.model, image_size=config.data.pad_size)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
+    model = build_model_for_precision(config, precision)
     model.load_weights(weights)
     names = [f"class{i}" for i in range(1, config.model.num_classes)]
     save_servable(model, str(Path(base) / "1"), class_names=names, data_config=config.data,

@@ -23,10 +23,8 @@ Reported: median wall ms of each, and ours / OpenVINO's.
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

@@ -182,10 +182,7 @@ def export_saved_model(config, export_base, *, model_dir=None, weights=None, ver
     keypoint_names, skeleton = check_keypoint_schema(
         schema.keypoint_names, schema.skeleton, config.model.keypoints.num_keypoints,
         schema.annotations_path)
-    if precision not in PRECISION_POLICIES:
-        raise ValueError(f"export: precision must be one of {list(PRECISION_POLICIES)}, "
-                         f"got {precision!r}")
-    model = _build_model_under_policy(config, PRECISION_POLICIES[precision])
+    model = build_model_for_precision(config, precision)
     loaded = load_model_weights(model, model_dir=model_dir, weights=weights)
     path = publish_version(
         export_base, version,
@@ -199,11 +196,19 @@ def export_saved_model(config, export_base, *, model_dir=None, weights=None, ver
     return path
 
 
-def _build_model_under_policy(config, policy):
-    """build_model with every layer under the Keras dtype policy `policy`; the global policy is
-    restored after (layers keep the policy they were created with)."""
+def build_model_for_precision(config, precision):
+    """build_model of config.model, built for config.data.pad_size, with every layer under the
+    Keras dtype policy of `precision` (PRECISION_POLICIES); the global policy is restored after
+    (layers keep the policy they were created with).
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    if precision not in PRECISION_POLICIES:
+        raise ValueError(f"export: precision must be one of {list(PRECISION_POLICIES)}, "
+                         f"got {precision!r}")
     previous = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy(policy)
+    keras.mixed_precision.set_dtype_policy(PRECISION_POLICIES[precision])
     try:
         return build_model(config.model, image_size=config.data.pad_size)
     finally:
