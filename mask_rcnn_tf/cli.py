@@ -88,6 +88,13 @@ def _parser():
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
     export.add_argument("--full-masks", action="store_true",
                         help="add detection_masks_full: uint8 masks pasted into the images")
+    export.add_argument("--encoded-masks", choices=["png", "rle"],
+                        help="add detection_masks_encoded_bytes: each detection's full-image "
+                             "mask as a PNG or as COCO RLE counts (KBs, not the MBs of "
+                             "--full-masks)")
+    export.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                        help="bfloat16: the network computes under Keras' mixed_bfloat16 "
+                             "(inputs and outputs keep their dtypes)")
 
     serve = commands.add_parser(
         "serve", help="development gRPC server with TF Serving's API (production: "
@@ -99,13 +106,28 @@ def _parser():
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (0: pick a free one)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
     serve.add_argument("--max-workers", type=int, default=8, help="requests handled at once")
+    serve.add_argument("--rest-port", type=int,
+                       help="also answer TF Serving's REST API on this port (8501 by "
+                            "convention; 0: pick a free one)")
+    serve.add_argument("--intra-op-threads", type=int,
+                       help="TensorFlow intra-op threads (default: the cores this process may "
+                            "use)")
+    serve.add_argument("--inter-op-threads", type=int, help="TensorFlow inter-op threads "
+                                                            "(default: 2)")
+    serve.add_argument("--max-concurrent-runs", type=int, default=1,
+                       help="model runs at once; more requests wait (default 1: each run "
+                            "already uses every core)")
     serve.add_argument("--grace-seconds", type=float, default=10.0,
                        help="time given to requests in flight on SIGTERM")
 
     client = commands.add_parser("client", help="send images to a TF Serving gRPC server, print "
                                                 "the detections as JSON")
     client.add_argument("images", nargs="+", metavar="IMAGE")
-    client.add_argument("--server", required=True, help="HOST:PORT of the gRPC port")
+    client.add_argument("--server", required=True,
+                        help="HOST:PORT of the gRPC port (with --rest: of the REST port)")
+    client.add_argument("--rest", action="store_true",
+                        help="talk to TF Serving's REST API (port 8501 by convention) instead "
+                             "of gRPC")
     client.add_argument("--model-name", required=True)
     client.add_argument("--version", type=int, help="model version (default: the latest)")
     client.add_argument("--signature", default="serving_default",
@@ -211,13 +233,17 @@ def run(args):
 
         path = export_saved_model(_config(args), args.export_base, model_dir=args.model_dir,
                                   weights=args.weights, version=args.version,
-                                  overwrite=args.overwrite, full_masks=args.full_masks)
+                                  overwrite=args.overwrite, full_masks=args.full_masks,
+                                  encoded_masks=args.encoded_masks, precision=args.precision)
         print(json.dumps({"export_dir": path}))
     elif args.command == "serve":
         from mask_rcnn_tf.serving.server import serve
 
         serve(args.model_base_path, args.model_name, host=args.host, port=args.port,
-              max_workers=args.max_workers, grace_seconds=args.grace_seconds)
+              max_workers=args.max_workers, grace_seconds=args.grace_seconds,
+              rest_port=args.rest_port, intra_op_threads=args.intra_op_threads,
+              inter_op_threads=args.inter_op_threads,
+              max_concurrent_runs=args.max_concurrent_runs)
     elif args.command == "client":
         _client(args)
     elif args.command == "convert-torchvision":
@@ -240,10 +266,11 @@ def _client(args):
     from mask_rcnn_tf.evaluation.predict import keypoints_to_draw
     from mask_rcnn_tf.evaluation.visualize import draw_detections
     from mask_rcnn_tf.io_utils import atomic_path
-    from mask_rcnn_tf.serving import MaskRCNNClient
+    from mask_rcnn_tf.serving import MaskRCNNClient, MaskRCNNRestClient
 
-    with MaskRCNNClient(args.server, args.model_name, signature=args.signature,
-                        version=args.version, timeout=args.timeout) as client:
+    client_class = MaskRCNNRestClient if args.rest else MaskRCNNClient
+    with client_class(args.server, args.model_name, signature=args.signature,
+                      version=args.version, timeout=args.timeout) as client:
         if args.wait > 0:
             client.wait_until_ready(timeout=args.wait)
         results = client.predict(args.images, min_score=args.min_score)

@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 
+import keras
 import tensorflow as tf
 
 from mask_rcnn_tf.data.inputs import square_pad_size
@@ -34,6 +35,11 @@ from mask_rcnn_tf.weights.io import load_model_weights
 from mask_rcnn_tf.weights.labels import label_schema_for
 
 logger = logging.getLogger("mask_rcnn_tf.export")
+
+# --precision -> the Keras dtype policy the network is built under. Variables stay float32 under
+# mixed_bfloat16, and the model's outputs are float32 (its layers cast back), so the
+# signatures' inputs and outputs are the same for both.
+PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
 def check_class_names(class_names, num_classes, source):
@@ -109,7 +115,7 @@ def _write_lines(path, lines):
 
 
 def save_servable(model, path, *, class_names, data_config, full_masks=False,
-                  mask_threshold=0.5, keypoint_names=(), skeleton=()):
+                  mask_threshold=0.5, keypoint_names=(), skeleton=(), encoded_masks=None):
     """Writes the serving SavedModel of a built model to the new folder `path`.
 
     Args:
@@ -121,6 +127,7 @@ def save_servable(model, path, *, class_names, data_config, full_masks=False,
         mask_threshold: probability at which a pasted full-mask pixel is foreground.
         keypoint_names: Kp names for a model with the keypoint branch (check_keypoint_schema).
         skeleton: 1-based (a, b) keypoint pairs.
+        encoded_masks: None, "png" or "rle": add the detection_masks_encoded_bytes output.
     """
     with tempfile.TemporaryDirectory() as scratch:
         labels_path = os.path.join(scratch, LABELS_FILE)
@@ -135,14 +142,16 @@ def save_servable(model, path, *, class_names, data_config, full_masks=False,
                                 std=d.std, full_masks=full_masks, mask_threshold=mask_threshold,
                                 keypoint_names=keypoint_names, skeleton=skeleton,
                                 channel_order=d.channel_order,
-                                size_divisibility=d.size_divisibility)
+                                size_divisibility=d.size_divisibility,
+                                encoded_masks=encoded_masks)
         root, signatures = serving.saveable(labels_path, keypoints_path)
         tf.saved_model.save(root, path, signatures=signatures)
     write_warmup_file(path, warmup_requests())
 
 
 def export_saved_model(config, export_base, *, model_dir=None, weights=None, version=None,
-                       overwrite=False, full_masks=False):
+                       overwrite=False, full_masks=False, encoded_masks=None,
+                       precision="float32"):
     """Builds the model of `config`, loads its weights and writes export_base/<version>/.
 
     Class names, and for a model with the keypoint branch keypoint names and skeleton, come from
@@ -159,6 +168,9 @@ def export_saved_model(config, export_base, *, model_dir=None, weights=None, ver
         version: positive int; None: one past the highest version present.
         overwrite: replace an existing version folder.
         full_masks: add the uint8 detection_masks_full output.
+        encoded_masks: None, "png" or "rle": add the detection_masks_encoded_bytes output
+            (one PNG or COCO RLE string per detection, export/mask_encoding.py).
+        precision: a key of PRECISION_POLICIES; "bfloat16" computes the network in bfloat16.
 
     Returns:
         str, the path of the version folder written.
@@ -174,14 +186,34 @@ def export_saved_model(config, export_base, *, model_dir=None, weights=None, ver
     keypoint_names, skeleton = check_keypoint_schema(
         schema.keypoint_names, schema.skeleton, config.model.keypoints.num_keypoints,
         schema.annotations_path)
-    model = build_model(config.model, image_size=config.data.pad_size)
+    model = build_model_for_precision(config, precision)
     loaded = load_model_weights(model, model_dir=model_dir, weights=weights)
     path = publish_version(
         export_base, version,
         lambda temp: save_servable(model, temp, class_names=class_names, data_config=config.data,
                                    full_masks=full_masks,
                                    mask_threshold=config.eval.mask_threshold,
-                                   keypoint_names=keypoint_names, skeleton=skeleton),
+                                   keypoint_names=keypoint_names, skeleton=skeleton,
+                                   encoded_masks=encoded_masks),
         overwrite=overwrite)
-    logger.info("exported weights %s to %s", loaded, path)
+    logger.info("exported weights %s to %s (%s)", loaded, path, precision)
     return path
+
+
+def build_model_for_precision(config, precision):
+    """build_model of config.model, built for config.data.pad_size, with every layer under the
+    Keras dtype policy of `precision` (PRECISION_POLICIES); the global policy is restored after
+    (layers keep the policy they were created with).
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    if precision not in PRECISION_POLICIES:
+        raise ValueError(f"export: precision must be one of {list(PRECISION_POLICIES)}, "
+                         f"got {precision!r}")
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(PRECISION_POLICIES[precision])
+    try:
+        return build_model(config.model, image_size=config.data.pad_size)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)

@@ -17,6 +17,15 @@ K object classes, Kp keypoints, S skeleton limbs, Hc x Wc the largest image of t
                        detection_masks_full uint8 [B, N, Hc, Wc]  (only when exported with
                                             full masks) 0 / 1, pasted into each image, zero
                                             beyond that image's (h, w)
+                       detection_masks_encoded_bytes  string [B, N]  (only when exported with
+                                            encoded masks) the same mask as
+                                            detection_masks_full in the image's own (h, w), as
+                                            a PNG (uint8 0 / 1, one channel; b"" for a mask
+                                            with no pixel in its image) or COCO RLE counts; b""
+                                            on padding rows (export/mask_encoding.py). The
+                                            "_bytes" suffix is TF Serving's: its REST API sends
+                                            string outputs so named as {"b64": ...}, others as
+                                            (UTF-8) text
                        detection_keypoints  float32 [B, N, Kp, 3]  (only for a model with the
                                             keypoint branch) (x, y, score): x, y pixels of the
                                             original image in COCO's pixel-index frame (pixel
@@ -41,7 +50,7 @@ masks are pasted with the unclipped box, as evaluation does.
 import tensorflow as tf
 
 from mask_rcnn_tf.data.pipeline import pad_to_multiple, preprocess_image
-from mask_rcnn_tf.export import postprocess
+from mask_rcnn_tf.export import mask_encoding, postprocess
 from mask_rcnn_tf.ops import keypoint_ops
 from mask_rcnn_tf.ops.box_ops import clip_boxes
 
@@ -73,12 +82,14 @@ class ServingModule:
             largest resized image, rounded up to a multiple of size_divisibility.
         size_divisibility: see pad_size.
         full_masks: add the detection_masks_full output.
+        encoded_masks: None, or an encoding of mask_encoding.ENCODINGS ("png", "rle"): add the
+            detection_masks_encoded_bytes output.
         mask_threshold: probability at which a pasted mask pixel is foreground.
     """
 
     def __init__(self, model, *, class_names, min_size, max_size, pad_size, mean, std,
                  full_masks=False, mask_threshold=0.5, keypoint_names=(), skeleton=(),
-                 channel_order="rgb", size_divisibility=32):
+                 channel_order="rgb", size_divisibility=32, encoded_masks=None):
         self.model = model
         self.class_names = tuple(class_names)
         num_keypoints = 0 if model.keypoint_head is None else model.keypoint_head.num_keypoints
@@ -93,6 +104,10 @@ class ServingModule:
                                     mean=tuple(mean), std=tuple(std),
                                     channel_order=channel_order)
         self.full_masks = bool(full_masks)
+        if encoded_masks is not None and encoded_masks not in mask_encoding.ENCODINGS:
+            raise ValueError(f"ServingModule: encoded_masks must be None or one of "
+                             f"{list(mask_encoding.ENCODINGS)}, got {encoded_masks!r}")
+        self.encoded_masks = encoded_masks
         self.mask_threshold = float(mask_threshold)
 
     def saveable(self, labels_path, keypoints_path=None):
@@ -198,6 +213,9 @@ class ServingModule:
         if self.full_masks:
             outputs["detection_masks_full"] = postprocess.full_image_masks(
                 masks, boxes, image_sizes, self.mask_threshold)
+        if self.encoded_masks is not None:
+            outputs["detection_masks_encoded_bytes"] = mask_encoding.encoded_masks(
+                masks, boxes, image_sizes, valid, self.mask_threshold, self.encoded_masks)
         if self.keypoint_names:
             keypoints = keypoint_ops.keypoints_to_original_frame(
                 detections["detection_keypoints"], scales)

@@ -10,9 +10,10 @@ Shapes: B images, N boxes, M gt rows, R RoIs, S stored crop side, P target side.
 import tensorflow as tf
 
 from mask_rcnn_tf.ops.roi_align import crop_and_resize_aligned
-# The NumPy twin of paste_masks lives with the gRPC client, which must run without the model
-# code; re-exported here so model-side callers find both in one place.
-from mask_rcnn_tf.serving.masks import paste_mask as paste_masks_numpy  # noqa: F401
+# The NumPy twin of paste_masks lives outside ops/ and serving/ (NumPy only) so that the
+# serving client uses it without the model and the model without loading the client (grpc);
+# re-exported here so model-side callers find both in one place.
+from mask_rcnn_tf.mask_paste import paste_mask as paste_masks_numpy  # noqa: F401
 
 
 def crop_masks(masks, boxes, output_size):

@@ -1,7 +1,9 @@
-"""Serving: a gRPC client for TF Serving (client.py) and a development server (server.py).
+"""Serving: gRPC and REST clients for TF Serving (client.py, rest_client.py) and a development
+server (server.py, rest_server.py).
 
-The client needs no model code: `from mask_rcnn_tf.serving import MaskRCNNClient`. The server
-module loads SavedModels with TensorFlow and is imported only by `mask-rcnn serve` and tests.
+The clients need no model code: `from mask_rcnn_tf.serving import MaskRCNNClient` (or
+MaskRCNNRestClient). The server modules load SavedModels with TensorFlow and are imported only
+by `mask-rcnn serve` and tests.
 """
 
 from mask_rcnn_tf.serving.client import MaskRCNNClient
@@ -10,9 +12,10 @@ from mask_rcnn_tf.serving.errors import (DeadlineExceededError, InvalidRequestEr
                                          ModelNotFoundError, ResourceExhaustedError,
                                          ServerUnavailableError, ServingError,
                                          SignatureNotFoundError)
+from mask_rcnn_tf.serving.rest_client import MaskRCNNRestClient
 
 __all__ = [
     "DeadlineExceededError", "Detection", "InvalidRequestError", "MaskRCNNClient",
-    "ModelNotFoundError", "ResourceExhaustedError", "ServerUnavailableError", "ServingError",
-    "SignatureNotFoundError",
+    "MaskRCNNRestClient", "ModelNotFoundError", "ResourceExhaustedError",
+    "ServerUnavailableError", "ServingError", "SignatureNotFoundError",
 ]

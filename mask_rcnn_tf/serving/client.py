@@ -92,12 +92,15 @@ class MaskRCNNClient:
         self.backoff = float(backoff)
         self.max_batch_size = int(max_batch_size)
         self.mask_threshold = float(mask_threshold)
-        limit = int(max_message_mb * 1024 * 1024)
-        self._channel = grpc.insecure_channel(target, options=[
+        self._cached_names = None
+        self._connect(int(max_message_mb * 1024 * 1024))
+
+    def _connect(self, limit):
+        """Opens the transport; limit: int, largest message in bytes."""
+        self._channel = grpc.insecure_channel(self.target, options=[
             ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)])
         self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
-        self._cached_names = None
 
     def close(self):
         """Closes the channel; calls after this fail."""
@@ -178,18 +181,16 @@ class MaskRCNNClient:
         """{CLASS_NAMES_OUTPUT, KEYPOINT_NAMES_OUTPUT, SKELETON_OUTPUT: value or None}, from one
         call of the metadata signature, made on first use."""
         if self._cached_names is None:
-            request = self._predict_request(CLASS_NAMES_SIGNATURE)
-            request.inputs[CLASS_NAMES_INPUT].CopyFrom(make_tensor_proto(np.zeros([1], np.int32)))
             names = dict.fromkeys((CLASS_NAMES_OUTPUT, KEYPOINT_NAMES_OUTPUT, SKELETON_OUTPUT))
             try:
-                response = self._call(self._predict_stub.Predict, request, "Predict")
+                outputs = self._predict_tensor(CLASS_NAMES_SIGNATURE, CLASS_NAMES_INPUT,
+                                               np.zeros([1], np.int32))
             except ServingError as err:
                 if err.code != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
                 logger.warning("no class or keypoint names: %s", err)
             else:
                 # Row 0 of [1, ...]: one row per request row.
-                outputs = {name: make_ndarray(proto) for name, proto in response.outputs.items()}
                 for key in (CLASS_NAMES_OUTPUT, KEYPOINT_NAMES_OUTPUT):
                     if key in outputs:
                         names[key] = [name.decode("utf-8") for name in outputs[key].reshape(-1)]
@@ -207,23 +208,28 @@ class MaskRCNNClient:
             {"method_name": str, "inputs": {alias: {"dtype": str, "shape": list of int (-1
             unknown) or None}}, "outputs": {alias: {...}}}}.
         """
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        self._fill_model_spec(request.model_spec)
-        response = self._call(self._predict_stub.GetModelMetadata, request, "GetModelMetadata")
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(signature_map)
+        model_name, version, signature_map = self._signature_def_map()
 
         def tensors(infos):
             return {alias: {"dtype": dtype_name(info.dtype), "shape": shape_of(info.tensor_shape)}
                     for alias, info in sorted(infos.items())}
 
         return {
-            "model_name": response.model_spec.name,
-            "version": response.model_spec.version.value,
+            "model_name": model_name,
+            "version": version,
             "signatures": {key: {"method_name": sig.method_name, "inputs": tensors(sig.inputs),
                                  "outputs": tensors(sig.outputs)}
                            for key, sig in sorted(signature_map.signature_def.items())},
         }
+
+    def _signature_def_map(self):
+        """(model name, int version, SignatureDefMap) from GetModelMetadata."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._fill_model_spec(request.model_spec)
+        response = self._call(self._predict_stub.GetModelMetadata, request, "GetModelMetadata")
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return response.model_spec.name, response.model_spec.version.value, signature_map
 
     def model_status(self):
         """The state of each version the server knows, from GetModelStatus.
@@ -232,8 +238,12 @@ class MaskRCNNClient:
             list of dicts {"version": int, "state": "AVAILABLE" / "LOADING" / ..., "error": str
             (empty when the version is healthy)}.
         """
+        return self._statuses()
+
+    def _statuses(self, timeout=None, retries=None):
+        """model_status() from one GetModelStatus call (timeout, retries as in _call)."""
         response = self._call(self._model_stub.GetModelStatus, self._status_request(),
-                              "GetModelStatus")
+                              "GetModelStatus", timeout=timeout, retries=retries)
         return [{"version": status.version,
                  "state": get_model_status_pb2.ModelVersionStatus.State.Name(status.state),
                  "error": status.status.error_message}
@@ -266,31 +276,25 @@ class MaskRCNNClient:
                     f"last seen: {last_seen}", code=grpc.StatusCode.DEADLINE_EXCEEDED,
                     details=last_seen)
             try:
-                statuses = self._call(self._model_stub.GetModelStatus, self._status_request(),
-                                      "GetModelStatus", timeout=min(self.timeout, remaining),
-                                      retries=0)
+                statuses = self._statuses(timeout=min(self.timeout, remaining), retries=0)
             except ServingError as err:
                 if err.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
                                     grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
                 last_seen = f"{err.code.name}: {err.details}"
             else:
-                states = {status.version: status for status in statuses.model_version_status}
+                states = {status["version"]: status for status in statuses}
                 available = [version for version, status in states.items()
-                             if status.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE]
+                             if status["state"] == "AVAILABLE"]
                 if available:
                     return max(available)
                 for version, status in states.items():
-                    if status.state == get_model_status_pb2.ModelVersionStatus.END and \
-                            status.status.error_message:
+                    if status["state"] == "END" and status["error"]:
                         raise ServingError(
                             f"model {self.model_name!r} version {version} at {self.target} failed "
-                            f"to load: {status.status.error_message}",
-                            details=status.status.error_message)
-                last_seen = ", ".join(
-                    f"version {version} "
-                    f"{get_model_status_pb2.ModelVersionStatus.State.Name(status.state)}"
-                    for version, status in sorted(states.items()))
+                            f"to load: {status['error']}", details=status["error"])
+                last_seen = ", ".join(f"version {version} {status['state']}"
+                                      for version, status in sorted(states.items()))
             time.sleep(max(0.0, min(poll_interval, deadline - time.monotonic())))
 
     def _status_request(self):
@@ -319,28 +323,42 @@ class MaskRCNNClient:
         images = list(images)
         for start in range(0, len(images), self.max_batch_size):
             chunk = images[start:start + self.max_batch_size]
-            request = self._predict_request(self.signature)
             if self.signature == TENSOR_SIGNATURE:
                 tensor = _stack_pixels([image_pixels(image, start + i)
                                         for i, image in enumerate(chunk)])
             else:
                 tensor = np.array([encode_image(image, start + i)
                                    for i, image in enumerate(chunk)], dtype=object)
-            request.inputs[INPUT_ALIAS].CopyFrom(make_tensor_proto(tensor))
-            response = self._call(self._predict_stub.Predict, request, "Predict")
-            yield {name: make_ndarray(proto) for name, proto in response.outputs.items()}
+            yield self._predict_tensor(self.signature, INPUT_ALIAS, tensor)
+
+    def _predict_tensor(self, signature, alias, array):
+        """One Predict call with one input: {output alias: NumPy array} (strings as bytes)."""
+        request = self._predict_request(signature)
+        request.inputs[alias].CopyFrom(make_tensor_proto(array))
+        response = self._call(self._predict_stub.Predict, request, "Predict")
+        return {name: make_ndarray(proto) for name, proto in response.outputs.items()}
 
     def _call(self, method, request, name, timeout=None, retries=None):
         """Calls a stub method with a deadline, retrying UNAVAILABLE with backoff."""
+        def attempt(seconds):
+            try:
+                return method(request, timeout=seconds)
+            except grpc.RpcError as err:
+                raise error_from_rpc(err, f"{name}(model {self.model_name!r})",
+                                     self.target) from None
+        return self._retrying(attempt, timeout, retries)
+
+    def _retrying(self, attempt, timeout=None, retries=None):
+        """attempt(timeout seconds), retried after a ServingError with code UNAVAILABLE, with
+        exponential backoff and jitter; timeout and retries default to the client's."""
         retries = self.retries if retries is None else retries
         delay = self.backoff
-        for attempt in range(retries + 1):
+        for tries_left in range(retries, -1, -1):
             try:
-                return method(request, timeout=self.timeout if timeout is None else timeout)
-            except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == retries:
-                    raise error_from_rpc(err, f"{name}(model {self.model_name!r})",
-                                         self.target) from None
+                return attempt(self.timeout if timeout is None else timeout)
+            except ServingError as err:
+                if err.code != grpc.StatusCode.UNAVAILABLE or not tries_left:
+                    raise
             time.sleep(min(delay, _BACKOFF_CAP_SECONDS) * random.uniform(0.5, 1.0))
             delay *= 2
 

@@ -7,7 +7,8 @@ import dataclasses
 
 import numpy as np
 
-from mask_rcnn_tf.serving.masks import paste_mask
+from mask_rcnn_tf.mask_paste import paste_mask
+from mask_rcnn_tf.serving.images import decode_mask
 
 
 # eq=False: fields hold arrays, which have no single truth value for ==.
@@ -53,7 +54,8 @@ def detections_from_outputs(outputs, index, class_names, keypoint_names, min_sco
     Args:
         outputs: dict of the response's arrays (export/serving_module.py: num_detections [B],
             detection_boxes [B, N, 4], detection_classes [B, N], detection_scores [B, N],
-            detection_masks [B, N, M, M] or detection_masks_full [B, N, Hc, Wc], image_sizes
+            detection_masks [B, N, M, M], detection_masks_full [B, N, Hc, Wc] or
+            detection_masks_encoded_bytes [B, N] (used first when present), image_sizes
             [B, 2], optionally detection_keypoints [B, N, Kp, 3]).
         index: the image's row.
         class_names: K names, class 1 first, or None.
@@ -66,6 +68,7 @@ def detections_from_outputs(outputs, index, class_names, keypoint_names, min_sco
     """
     height, width = (int(v) for v in outputs["image_sizes"][index])
     full_masks = outputs.get("detection_masks_full")
+    encoded_masks = outputs.get("detection_masks_encoded_bytes")
     keypoints = outputs.get("detection_keypoints")
     if keypoint_names is not None:
         keypoint_names = tuple(keypoint_names)
@@ -76,7 +79,9 @@ def detections_from_outputs(outputs, index, class_names, keypoint_names, min_sco
             continue
         class_id = int(outputs["detection_classes"][index, slot])
         box = np.asarray(outputs["detection_boxes"][index, slot], np.float32)
-        if full_masks is not None:
+        if encoded_masks is not None:
+            mask = decode_mask(encoded_masks[index, slot], (height, width))
+        elif full_masks is not None:
             mask = full_masks[index, slot, :height, :width] > 0
         else:
             mask = paste_mask(outputs["detection_masks"][index, slot], box,

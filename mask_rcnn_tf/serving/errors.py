@@ -54,6 +54,14 @@ _BY_CODE = {
 }
 
 
+def error_class(code, details):
+    """The ServingError subclass for a status code and the server's message."""
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        # tensorflow_model_server gives this code to an unknown signature key, and to little else.
+        return SignatureNotFoundError if "signature" in details.lower() else InvalidRequestError
+    return _BY_CODE.get(code, ServingError)
+
+
 def error_from_rpc(error, call, target):
     """The ServingError subclass for a failed gRPC call.
 
@@ -68,9 +76,5 @@ def error_from_rpc(error, call, target):
     """
     code = error.code()
     details = error.details() or ""
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        # tensorflow_model_server gives this code to an unknown signature key, and to little else.
-        kind = SignatureNotFoundError if "signature" in details.lower() else InvalidRequestError
-    else:
-        kind = _BY_CODE.get(code, ServingError)
+    kind = error_class(code, details)
     return kind(f"{call} at {target} failed: {code.name}: {details}", code=code, details=details)

@@ -10,6 +10,7 @@ signature, and an empty batch (TF Serving hands it to the graph, whose ops decid
 
 import os
 import re
+import threading
 
 import grpc
 import numpy as np
@@ -66,9 +67,12 @@ class Servable:
         name: str, the model name clients ask for.
         version: int.
         path: str, the version folder (saved_model.pb, variables/).
+        max_concurrent_runs: int, model runs at once; further requests wait their turn. Each
+            run already uses every intra-op thread, so two at once only share the cores and
+            thrash their caches (server.py: default_threads).
     """
 
-    def __init__(self, name, version, path):
+    def __init__(self, name, version, path, max_concurrent_runs=1):
         self.name = name
         self.version = version
         self.path = path
@@ -80,6 +84,7 @@ class Servable:
         # The loaded root owns the variables: kept alive so the signature functions stay valid.
         self._loaded = tf.saved_model.load(path)
         self._functions = dict(self._loaded.signatures)
+        self._run_slots = threading.BoundedSemaphore(max_concurrent_runs)
 
     def warm_up(self):
         """Runs the version's warm-up requests, as tensorflow_model_server does before serving.
@@ -122,27 +127,57 @@ class Servable:
         Raises:
             StatusError: with TF Serving's status code and a one-line message.
         """
-        key = request.model_spec.signature_name or DEFAULT_SIGNATURE_KEY
-        if key not in self._functions:
-            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION,
-                              f'Serving signature key "{key}" not found.')
-        signature = self.signature_defs[key]
-        inputs = self._checked_inputs(key, signature, request.inputs)
-        output_names = self._output_names(signature, request.output_filter)
-        try:
-            outputs = self._functions[key](**inputs)
-        except tf.errors.OpError as err:
-            raise StatusError(_status_code(err.error_code), _error_line(err.message)) from None
+        outputs = self.predict_arrays(request.model_spec.signature_name, request.inputs,
+                                      request.output_filter, _proto_array)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = self.name
         response.model_spec.version.value = self.version
-        response.model_spec.signature_name = key
-        for name in output_names:
-            response.outputs[name].CopyFrom(
-                make_tensor_proto(np.asarray(outputs[name]), use_tensor_content=False))
+        response.model_spec.signature_name = (request.model_spec.signature_name
+                                              or DEFAULT_SIGNATURE_KEY)
+        for name, array in outputs.items():
+            response.outputs[name].CopyFrom(make_tensor_proto(array, use_tensor_content=False))
         return response
 
-    def _checked_inputs(self, key, signature, request_inputs):
+    def predict_arrays(self, signature_name, inputs, output_filter, parse):
+        """Runs one request given as per-alias values of any encoding (gRPC or REST).
+
+        Args:
+            signature_name: str; "" for serving_default.
+            inputs: mapping from input alias to the value sent for it.
+            output_filter: sequence of output aliases to return; empty for all.
+            parse: parse(alias, value, tensor_info) -> (NumPy array, DataType enum of what was
+                sent); raises StatusError for a value that does not parse.
+
+        Returns:
+            dict from output alias to NumPy array, in output order.
+
+        Raises:
+            StatusError: with TF Serving's status code and a one-line message.
+        """
+        key, signature = self.signature(signature_name)
+        tensors = self._checked_inputs(key, signature, inputs, parse)
+        output_names = self._output_names(signature, output_filter)
+        with self._run_slots:
+            try:
+                outputs = self._functions[key](**tensors)
+            except tf.errors.OpError as err:
+                raise StatusError(_status_code(err.error_code),
+                                  _error_line(err.message)) from None
+            return {name: np.asarray(outputs[name]) for name in output_names}
+
+    def signature(self, signature_name):
+        """(key, SignatureDef) of a servable signature; "" names serving_default.
+
+        Raises:
+            StatusError: FAILED_PRECONDITION for a signature the model does not have.
+        """
+        key = signature_name or DEFAULT_SIGNATURE_KEY
+        if key not in self._functions:
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f'Serving signature key "{key}" not found.')
+        return key, self.signature_defs[key]
+
+    def _checked_inputs(self, key, signature, request_inputs, parse):
         """Request tensors as tf.Tensors of the signature's dtypes, keyed by input alias."""
         sent, expected = set(request_inputs), set(signature.inputs)
         if len(sent) != len(expected):
@@ -159,18 +194,13 @@ class Servable:
                     f"Signature input alias: {alias}(feed name: {info.name}) not found in "
                     f"request and no default value provided. Inputs expected to be in the "
                     f"request {_braces(sent)}, or default input alias set: ")
-            proto = request_inputs[alias]
-            try:
-                array = make_ndarray(proto)
-            except ValueError as err:
-                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"tensor parsing error: {alias} ({err})") from None
+            array, data_type = parse(alias, request_inputs[alias], info)
             expected_shape = shape_of(info.tensor_shape)
-            if proto.dtype != info.dtype or not _shape_fits(array.shape, expected_shape):
+            if data_type != info.dtype or not _shape_fits(array.shape, expected_shape):
                 raise StatusError(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"input '{alias}' of signature '{key}' must be {dtype_name(info.dtype)} "
-                    f"{_shape_text(expected_shape)}, got {dtype_name(proto.dtype)} "
+                    f"{_shape_text(expected_shape)}, got {dtype_name(data_type)} "
                     f"{list(array.shape)}")
             if array.ndim and array.shape[0] == 0:
                 raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -194,6 +224,15 @@ class Servable:
             raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
                               f"duplicate output tensor alias in {list(output_filter)}")
         return list(output_filter)
+
+
+def _proto_array(alias, proto, info):
+    """A gRPC request's TensorProto as (NumPy array, its DataType)."""
+    try:
+        return make_ndarray(proto), proto.dtype
+    except ValueError as err:
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"tensor parsing error: {alias} ({err})") from None
 
 
 def _braces(names):

@@ -10,13 +10,16 @@ codes and messages (NOT_FOUND for an unknown model or version, FAILED_PRECONDITI
 signature, INVALID_ARGUMENT for a bad input; see servable.py). Like tensorflow_model_server it
 loads the model and replays its warm-up requests before it opens its port, allows messages up to
 2 GiB, runs requests in parallel (the loaded functions are thread-safe), and on SIGTERM or SIGINT
-lets the requests in flight finish (a grace period) before it exits. Not implemented: Classify,
-Regress, MultiInference, REST, request batching, model config reloads and polling for new
+lets the requests in flight finish (a grace period) before it exits. With --rest-port it also
+answers TF Serving's REST API (rest_server.py). It sizes TensorFlow's thread pools for the cores
+it may use and runs one model call at a time by default (default_threads). Not implemented:
+Classify, Regress, MultiInference, request batching, model config reloads and polling for new
 versions.
 """
 
 import concurrent.futures
 import logging
+import os
 import signal
 import threading
 
@@ -29,7 +32,7 @@ from mask_rcnn_tf.serving.servable import Servable, StatusError, latest_version
 logger = logging.getLogger("mask_rcnn_tf.serving")
 
 _MAX_MESSAGE_BYTES = 2**31 - 1
-_SIGNATURE_DEF_FIELD = "signature_def"
+SIGNATURE_DEF_FIELD = "signature_def"
 
 
 def _servable_request(model_spec):
@@ -39,7 +42,7 @@ def _servable_request(model_spec):
     return f"Latest({model_spec.name})"
 
 
-def _check_model_spec(servable, request):
+def check_model_spec(servable, request):
     """Raises StatusError unless the request's model_spec names the loaded servable."""
     if not request.HasField("model_spec"):
         raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
@@ -52,6 +55,45 @@ def _check_model_spec(servable, request):
                                       and spec.version.value != servable.version):
         raise StatusError(grpc.StatusCode.NOT_FOUND,
                           f"Servable not found for request: {_servable_request(spec)}")
+
+
+def model_metadata(servable, request):
+    """GetModelMetadataResponse for a GetModelMetadataRequest; raises StatusError."""
+    if not request.HasField("model_spec"):
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    if not request.metadata_field:
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                          "GetModelMetadataRequest must specify at least one metadata_field")
+    for field in request.metadata_field:
+        if field != SIGNATURE_DEF_FIELD:
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"Metadata field {field} is not supported")
+    check_model_spec(servable, request)
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = servable.name
+    response.model_spec.version.value = servable.version
+    response.metadata[SIGNATURE_DEF_FIELD].Pack(get_model_metadata_pb2.SignatureDefMap(
+        signature_def=servable.signature_defs))
+    return response
+
+
+def model_status(servable, request):
+    """GetModelStatusResponse for a GetModelStatusRequest: the servable is AVAILABLE from the
+    moment the port is open; raises StatusError."""
+    if not request.HasField("model_spec"):
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    spec = request.model_spec
+    if spec.name != servable.name:
+        raise StatusError(grpc.StatusCode.NOT_FOUND,
+                          f"Could not find any versions of model {spec.name}")
+    if spec.HasField("version") and spec.version.value != servable.version:
+        raise StatusError(grpc.StatusCode.NOT_FOUND,
+                          f"Could not find version {spec.version.value} of model {spec.name}")
+    response = get_model_status_pb2.GetModelStatusResponse()
+    status = response.model_version_status.add()
+    status.version = servable.version
+    status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    return response
 
 
 def _answer(context, handler):
@@ -73,30 +115,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):  # noqa: N802 (gRPC method name)
         def handler():
-            _check_model_spec(self._servable, request)
+            check_model_spec(self._servable, request)
             return self._servable.predict(request)
         return _answer(context, handler)
 
     def GetModelMetadata(self, request, context):  # noqa: N802 (gRPC method name)
-        def handler():
-            if not request.HasField("model_spec"):
-                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
-            if not request.metadata_field:
-                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
-                                  "GetModelMetadataRequest must specify at least one "
-                                  "metadata_field")
-            for field in request.metadata_field:
-                if field != _SIGNATURE_DEF_FIELD:
-                    raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
-                                      f"Metadata field {field} is not supported")
-            _check_model_spec(self._servable, request)
-            response = get_model_metadata_pb2.GetModelMetadataResponse()
-            response.model_spec.name = self._servable.name
-            response.model_spec.version.value = self._servable.version
-            response.metadata[_SIGNATURE_DEF_FIELD].Pack(get_model_metadata_pb2.SignatureDefMap(
-                signature_def=self._servable.signature_defs))
-            return response
-        return _answer(context, handler)
+        return _answer(context, lambda: model_metadata(self._servable, request))
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -106,23 +130,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self._servable = servable
 
     def GetModelStatus(self, request, context):  # noqa: N802 (gRPC method name)
-        def handler():
-            if not request.HasField("model_spec"):
-                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
-            spec = request.model_spec
-            if spec.name != self._servable.name:
-                raise StatusError(grpc.StatusCode.NOT_FOUND,
-                                  f"Could not find any versions of model {spec.name}")
-            if spec.HasField("version") and spec.version.value != self._servable.version:
-                raise StatusError(grpc.StatusCode.NOT_FOUND,
-                                  f"Could not find version {spec.version.value} of model "
-                                  f"{spec.name}")
-            response = get_model_status_pb2.GetModelStatusResponse()
-            status = response.model_version_status.add()
-            status.version = self._servable.version
-            status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-            return response
-        return _answer(context, handler)
+        return _answer(context, lambda: model_status(self._servable, request))
 
 
 def start_server(servable, host="127.0.0.1", port=8500, max_workers=8):
@@ -161,8 +169,46 @@ def start_server(servable, host="127.0.0.1", port=8500, max_workers=8):
     return server, bound_port
 
 
+def default_threads():
+    """(intra-op, inter-op) threads for the cores this process may use.
+
+    One model run at a time (Servable's max_concurrent_runs) spreads each op over every core;
+    two inter-op threads let the small independent ops of the pre- and postprocessing overlap
+    the large ones. TensorFlow's defaults size both pools to the whole machine whatever the
+    process's CPU affinity, and concurrent requests then multiply the threads fighting for the
+    same cores.
+    """
+    return len(os.sched_getaffinity(0)), 2
+
+
+def configure_threads(intra_op_threads=None, inter_op_threads=None):
+    """Sets TensorFlow's thread pools; must run before TensorFlow runs any op (model load).
+
+    Args:
+        intra_op_threads, inter_op_threads: int, or None for default_threads()'s.
+
+    Returns:
+        (int, int) the sizes set.
+
+    Raises:
+        ValueError: a size under 1.
+    """
+    import tensorflow as tf  # The server module runs models; the client never imports it.
+
+    intra_default, inter_default = default_threads()
+    intra = intra_default if intra_op_threads is None else intra_op_threads
+    inter = inter_default if inter_op_threads is None else inter_op_threads
+    if intra < 1 or inter < 1:
+        raise ValueError(f"--intra-op-threads and --inter-op-threads must be at least 1, got "
+                         f"{intra} and {inter}")
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    return intra, inter
+
+
 def serve(model_base_path, model_name, host="127.0.0.1", port=8500, max_workers=8,
-          grace_seconds=10.0):
+          grace_seconds=10.0, rest_port=None, intra_op_threads=None, inter_op_threads=None,
+          max_concurrent_runs=1):
     """Loads the latest version under model_base_path, runs its warm-up requests, and serves it
     until SIGTERM or SIGINT.
 
@@ -175,11 +221,30 @@ def serve(model_base_path, model_name, host="127.0.0.1", port=8500, max_workers=
         port: int; 0 picks a free port (logged).
         max_workers: int, requests handled at once.
         grace_seconds: float, time given to requests in flight on shutdown.
+        rest_port: int, also answer TF Serving's REST API there (rest_server.py); None: gRPC
+            only; 0 picks a free port (logged).
+        intra_op_threads, inter_op_threads: int thread pool sizes; None: default_threads().
+        max_concurrent_runs: int, model runs at once (more requests queue).
     """
+    from mask_rcnn_tf.serving.rest_server import start_rest_server
+
+    if max_concurrent_runs < 1:
+        raise ValueError(f"--max-concurrent-runs must be at least 1, got {max_concurrent_runs}")
+    intra, inter = configure_threads(intra_op_threads, inter_op_threads)
+    logger.info("TensorFlow threads: %d intra-op, %d inter-op; %d model run(s) at once", intra,
+                inter, max_concurrent_runs)
     version, path = latest_version(model_base_path)
-    servable = Servable(model_name, version, path)
+    servable = Servable(model_name, version, path, max_concurrent_runs=max_concurrent_runs)
     logger.info("ran %d warm-up requests", servable.warm_up())
     server, bound_port = start_server(servable, host, port, max_workers)
+    rest_server = None
+    if rest_port is not None:
+        try:
+            rest_server, bound_rest_port = start_rest_server(servable, host, rest_port)
+        except OSError:
+            server.stop(None)
+            raise
+        logger.info("REST API on %s:%d", host, bound_rest_port)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -188,6 +253,8 @@ def serve(model_base_path, model_name, host="127.0.0.1", port=8500, max_workers=
     try:
         stop.wait()
         logger.info("shutting down (grace %.1f s)", grace_seconds)
+        if rest_server is not None:
+            rest_server.shutdown()
         server.stop(grace_seconds).wait()
     finally:
         for sig, handler in previous.items():

@@ -39,6 +39,17 @@ def dtype_name(data_type):
     return types_pb2.DataType.Name(data_type).removeprefix("DT_").lower()
 
 
+def numpy_dtype(data_type):
+    """The NumPy dtype of a numeric DataType enum value.
+
+    Raises:
+        ValueError: a DataType without one here (strings included).
+    """
+    if data_type not in _DTYPES:
+        raise ValueError(f"tensor dtype {dtype_name(data_type)} is not supported")
+    return _DTYPES[data_type][0]
+
+
 def shape_of(tensor_shape):
     """A TensorShapeProto as a list of ints (-1 for an unknown size), or None for unknown rank."""
     if tensor_shape.unknown_rank:

@@ -1,12 +1,15 @@
-"""export/postprocess.py against NumPy references written from the definitions: boxes back in
-original pixels, and masks pasted into images whose size is only known at run time."""
+"""export/postprocess.py and export/mask_encoding.py against NumPy references written from the
+definitions and pycocotools: boxes back in original pixels, masks pasted into images whose size
+is only known at run time, and encoded (PNG, COCO RLE) as the client decodes them."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from pycocotools import mask as mask_utils
 
-from mask_rcnn_tf.export import postprocess
+from mask_rcnn_tf.export import mask_encoding, postprocess
 from mask_rcnn_tf.ops.mask_ops import paste_masks, paste_masks_numpy
+from mask_rcnn_tf.serving.images import decode_mask
 
 
 def _bilinear_zero_padded(mask, y, x):
@@ -90,6 +93,29 @@ def test_full_image_masks_threshold_and_zero_beyond_each_image():
     assert not full[0, 1].any() and not full[1, 1].any()
 
 
+def test_full_image_masks_equal_a_whole_canvas_paste():
+    # Pasting only around each box (no float canvas) gives the pixels of a paste over the whole
+    # canvas: random boxes, some past the image edges, some empty, tiny and huge.
+    rng = np.random.default_rng(1)
+    masks = rng.uniform(size=(2, 6, 7, 7)).astype(np.float32)
+    y1, x1 = rng.uniform(-10, 40, (2, 6)), rng.uniform(-10, 30, (2, 6))
+    boxes = np.stack([y1, x1, y1 + rng.uniform(0.3, 30, (2, 6)), x1 + rng.uniform(0.3, 30, (2, 6))],
+                     axis=-1).astype(np.float32)
+    boxes[0, 5] = 0.0                      # a padding row
+    boxes[1, 4] = [60, 50, 70, 60]         # wholly outside its image
+    boxes[1, 5] = [-100, -100, 200, 200]   # far larger than the image
+    sizes = np.array([[45, 38], [30, 41]], np.int32)
+    full = postprocess.full_image_masks(masks, boxes, sizes, 0.5).numpy()
+    probs = paste_masks(masks, boxes, (45, 41)).numpy()
+    inside = (np.arange(45)[None, :, None] < sizes[:, 0, None, None]) & \
+        (np.arange(41)[None, None, :] < sizes[:, 1, None, None])
+    expected = (probs >= 0.5) & inside[:, None]
+    decided = np.abs(probs - 0.5) > 1e-4
+    np.testing.assert_array_equal(full[decided], expected[decided])
+    assert full[0, :5].any(axis=(1, 2)).sum() >= 4 and full[1, 5, :30].any()
+    assert not full[0, 5].any() and not full[1, 4].any()
+
+
 def test_boxes_back_to_original_pixels_padding_zero():
     boxes = np.array([[[10.0, 20.0, 30.0, 64.0], [1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 6.0, 6.0]]],
                      np.float32)
@@ -103,3 +129,44 @@ def test_boxes_back_to_original_pixels_padding_zero():
 def test_valid_rows(num, expected):
     np.testing.assert_array_equal(postprocess.valid_rows(np.array(num, np.int32), 3).numpy(),
                                   np.array(expected, bool))
+
+
+def test_in_graph_rle_equals_pycocotools_on_random_masks():
+    # Random regions anywhere in small images, including ones touching every edge (runs that
+    # go on across columns, a run ending on the last pixel) and empty ones.
+    rng = np.random.default_rng(2)
+    encode = tf.function(lambda region, origin, size: mask_encoding.rle_string(
+        mask_encoding.rle_counts(region, origin, size)))
+    for _ in range(60):
+        height, width = rng.integers(1, 30, 2)
+        top, left = rng.integers(0, height), rng.integers(0, width)
+        rows, cols = rng.integers(0, height - top + 1), rng.integers(0, width - left + 1)
+        region = (rng.uniform(size=(rows, cols)) < rng.uniform()).astype(np.uint8)
+        full = np.zeros((height, width), np.uint8)
+        full[top:top + rows, left:left + cols] = region
+        got = encode(tf.constant(region, shape=(rows, cols)), tf.constant([top, left]),
+                     tf.constant([height, width])).numpy()
+        assert got == mask_utils.encode(np.asfortranarray(full))["counts"]
+
+
+@pytest.mark.parametrize("encoding", ["png", "rle"])
+def test_encoded_masks_decode_to_the_full_masks(encoding):
+    rng = np.random.default_rng(3)
+    masks = rng.uniform(size=(2, 4, 7, 7)).astype(np.float32)
+    y1, x1 = rng.uniform(-5, 25, (2, 4)), rng.uniform(-5, 25, (2, 4))
+    boxes = np.stack([y1, x1, y1 + rng.uniform(1, 20, (2, 4)), x1 + rng.uniform(1, 20, (2, 4))],
+                     axis=-1).astype(np.float32)
+    boxes[1, 2] = [40, 40, 50, 50]  # outside its image: an empty mask
+    sizes = np.array([[30, 26], [20, 33]], np.int32)
+    valid = np.array([[True, True, True, False], [True, True, True, True]])
+    encoded = mask_encoding.encoded_masks(masks, boxes, sizes, valid, 0.5, encoding).numpy()
+    full = postprocess.full_image_masks(np.where(valid[..., None, None], masks, 0),
+                                        np.where(valid[..., None], boxes, 0), sizes, 0.5).numpy()
+    assert encoded[0, 3] == b""
+    for b in range(2):
+        for i in range(4):
+            if valid[b, i]:
+                np.testing.assert_array_equal(
+                    decode_mask(encoded[b, i], tuple(sizes[b])), full[b, i, :sizes[b, 0],
+                                                                       :sizes[b, 1]] > 0)
+    assert (encoded[1, 2] == b"") == (encoding == "png")

@@ -1,11 +1,13 @@
 """Client call behaviour against scripted fake servers: retries, deadlines, size limits, waiting."""
 
 import concurrent.futures
+import io
 import time
 
 import grpc
 import numpy as np
 import pytest
+from PIL import Image
 from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
@@ -179,6 +181,29 @@ def test_full_masks_are_used_when_sent(serve_fake):
     (detection,), = client.predict([IMAGE])
     assert detection.class_name is None  # the scripted server has no metadata signature
     np.testing.assert_array_equal(detection.mask, full[0, 0] == 1)
+
+
+def test_encoded_masks_are_decoded_into_the_full_masks(serve_fake):
+    # PNG of 0 / 1 pixels per detection (export/mask_encoding.py); used before the full masks.
+    masks = np.zeros([2, 4, 4], np.uint8)
+    masks[0, 1:3, 2] = 1
+    masks[1, 3, :] = 1
+    encoded = []
+    for mask in masks:
+        buffer = io.BytesIO()
+        Image.fromarray(mask).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    extra = {"detection_masks_encoded_bytes": np.array([encoded + [b""]], dtype=object),
+             "detection_masks_full": np.zeros([1, 3, 4, 4], np.uint8),
+             "detection_boxes": np.zeros([1, 3, 4], np.float32),
+             "num_detections": np.full([1], 3, np.int32),
+             "detection_classes": np.ones([1, 3], np.int32),
+             "detection_scores": np.full([1, 3], 0.9, np.float32)}
+    client = MaskRCNNClient(serve_fake(ScriptedPredictions(response_extra=extra)), "m")
+    (first, second, empty), = client.predict([IMAGE])
+    np.testing.assert_array_equal(first.mask, masks[0] == 1)
+    np.testing.assert_array_equal(second.mask, masks[1] == 1)
+    assert empty.mask.shape == (4, 4) and not empty.mask.any()
 
 
 def test_class_names_a_batching_server_cannot_give_are_none(serve_fake):

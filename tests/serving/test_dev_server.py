@@ -3,6 +3,7 @@
 import io
 import shutil
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -298,3 +299,31 @@ def test_a_port_in_use_is_refused(fake_server):
     target, servable = fake_server
     with pytest.raises(OSError, match=f"cannot listen on {target}"):
         start_server(servable, port=int(target.rsplit(":", 1)[1]))
+
+
+@pytest.mark.parametrize("max_runs", [1, 2])
+def test_model_runs_at_once_are_bounded(fake_model_base, max_runs):
+    # Eight concurrent requests never run more than max_concurrent_runs model calls at once:
+    # each call already spreads over every intra-op thread.
+    servable = Servable(MODEL_NAME, VERSION, str(fake_model_base / str(VERSION)),
+                        max_concurrent_runs=max_runs)
+    run = servable._functions["serving_default"]
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def tracked(**inputs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return run(**inputs)
+
+    servable._functions["serving_default"] = tracked
+    request = request_for(np.array([png_bytes(np.zeros((4, 4, 3), np.uint8))], dtype=object))
+    threads = [threading.Thread(target=servable.predict, args=(request,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak[0] == max_runs

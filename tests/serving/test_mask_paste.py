@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from mask_rcnn_tf.mask_paste import paste_mask
 from mask_rcnn_tf.ops.mask_ops import paste_masks
-from mask_rcnn_tf.serving.masks import paste_mask
 
 
 def test_matches_tensorflow_paste_on_random_boxes():

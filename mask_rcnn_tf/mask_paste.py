@@ -4,6 +4,10 @@ Same semantics as ops/mask_ops.paste_masks: image pixel centre (y + 0.5, x + 0.5
 the mask's frame, bilinear between mask cell centres, with the mask padded by one zero cell, so
 values fade to 0 across the box edge and are exactly 0 from half a mask cell outside the box.
 Mask cell k of a side-S mask covers [y1 + k h / S, y1 + (k + 1) h / S) of its box.
+
+It sits outside ops/ and serving/ because both use it: the serving client (serving/detections.py),
+which must run without the model, and evaluation through ops/mask_ops, which must not load the
+client (grpc).
 """
 
 import numpy as np
