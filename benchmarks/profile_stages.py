@@ -94,7 +94,7 @@ def _worker(args):
     features = stage_fns["fpn"](backbone)
     rpn_features = [features[name] for name in model.rpn_level_names]
     rpn_logits, rpn_deltas = stage_fns["rpn_head"](rpn_features)
-    anchors = model._anchors(rpn_features)
+    anchors = model._anchors(images, rpn_features)
     proposals, _, valid = stage_fns["proposals"](rpn_logits, rpn_deltas, anchors)
     box_features = stage_fns["box_roi_align"](features, proposals)
     class_logits, box_deltas = stage_fns["box_head"](box_features)
