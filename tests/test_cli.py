@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mask_rcnn_tf import cli
 from mask_rcnn_tf.data.shapes import make_shapes
+from tests.cli_errors import cli_fails as _fails
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes.yaml"
 # The demo model, narrowed and at 64 px, so that evaluate/predict build it in a few seconds.
@@ -55,18 +55,6 @@ def weights(pristine, tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "tiny.weights.h5"
     build_model(config.model, image_size=config.data.pad_size).save_weights(path)
     return path
-
-
-def _fails(capsys, *argv):
-    """Runs the command, checks status 2 and a single `mask-rcnn <cmd>: error:` line; returns
-    the message after that prefix."""
-    code = cli.main([str(arg) for arg in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    prefix = f"mask-rcnn {argv[0]}: error: "
-    assert err.startswith(prefix), err
-    return err[len(prefix):].rstrip("\n")
 
 
 def _train_fails(capsys, tmp_path, annotations, images, *overrides):

@@ -9,7 +9,6 @@ import pytest
 
 from mask_rcnn_tf import cli
 from mask_rcnn_tf.config import load_config
-from mask_rcnn_tf.data.shapes import make_shapes
 from mask_rcnn_tf.modeling.factory import build_model
 from mask_rcnn_tf.weights.init import apply_init_weights, read_init_weights
 from mask_rcnn_tf.weights.io import weight_key
@@ -92,11 +91,8 @@ def test_other_head_width_is_an_error_and_nothing_is_assigned(source):
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("init") / "shapes"
-    make_shapes(folder, num_images=4, seed=0, image_size=64)
-    return [f"data.train.annotations={folder / 'annotations.json'}",
-            f"data.train.images={folder / 'images'}"]
+def shapes(tiny_shapes_split):
+    return tiny_shapes_split
 
 
 @pytest.mark.slow  # two short training runs
