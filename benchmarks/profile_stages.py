@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from served_path import IMAGE_SIZE, _median_ms  # noqa: E402
+from served_path import IMAGE_SIZE, _median_ms, timing_parser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PADDED_SIZE = (800, 1344)
@@ -131,15 +131,10 @@ def _child(args, precision):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = timing_parser(__doc__)
     parser.add_argument("--precision", nargs="+", default=["float32", "bfloat16"],
                         choices=["float32", "bfloat16"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -299,13 +299,27 @@ def _bfloat16(args, signature_f32, signature_bf16, jpeg, scratch):
             "box_and_mask_iou_rate": mask_matched / max(total, 1)}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def print_report(report, path=None):
+    """Prints the JSON report, and writes it to `path` too when given (--json)."""
+    print(json.dumps(report, indent=2))
+    if path:
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+def timing_parser(doc):
+    """The options every timing script here shares: --threads, --runs, --warmup, --tiny, --json."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--json")
+    return parser
+
+
+def main():
+    parser = timing_parser(__doc__)
     args = parser.parse_args()
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     sys.path.insert(0, str(ROOT))
@@ -345,10 +359,7 @@ def main():
             jpeg)
         report["bfloat16"] = _bfloat16(args, signatures[("float32", "rle")],
                                        signatures[("bfloat16", "rle")], jpeg, scratch)
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ Reported: median wall ms of each, and ours / OpenVINO's.
 --tiny: 320 x 480 image and the tiny shapes model on our side, to smoke-test the script.
 """
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -31,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from served_path import IMAGE_SIZE, _config, _export, _median_ms  # noqa: E402
+from served_path import IMAGE_SIZE, _config, _export, _median_ms, print_report, timing_parser  # noqa: E402
 
 
 def _photo(size):
@@ -78,13 +76,7 @@ def _openvino_ms(path, image, precision, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--json")
-    args = parser.parse_args()
+    args = timing_parser(__doc__).parse_args()
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     size = (320, 480) if args.tiny else IMAGE_SIZE
     report = {"openvino": {}, "ours": {}}
@@ -119,10 +111,7 @@ def main():
                             args.runs, args.warmup)
             report["ours"][key] = {"ms": ms, "ratio_to_openvino":
                                    ms / report["openvino"][key]["ms"]}
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":
