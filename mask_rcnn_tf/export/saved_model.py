@@ -118,6 +118,12 @@ def save_servable(model, path, *, class_names, data_config, full_masks=False,
                   mask_threshold=0.5, keypoint_names=(), skeleton=(), encoded_masks=None):
     """Writes the serving SavedModel of a built model to the new folder `path`.
 
+    First folds the model's frozen BatchNorms into the convolutions before them, in place
+    (MaskRCNN.fold_frozen_norms): the served graph runs conv + bias + ReLU as one fused kernel.
+    The model computes the same detections afterwards, but its weights are the folded ones:
+    export from a model built for the purpose (as export_saved_model does), not from one that
+    goes on training.
+
     Args:
         model: a built MaskRCNN with its weights loaded.
         path: str, the SavedModel folder to create.
@@ -129,6 +135,8 @@ def save_servable(model, path, *, class_names, data_config, full_masks=False,
         skeleton: 1-based (a, b) keypoint pairs.
         encoded_masks: None, "png" or "rle": add the detection_masks_encoded_bytes output.
     """
+    folded = model.fold_frozen_norms()
+    logger.info("folded %d frozen BatchNorms into their convolutions", folded)
     with tempfile.TemporaryDirectory() as scratch:
         labels_path = os.path.join(scratch, LABELS_FILE)
         _write_lines(labels_path, class_names)
@@ -156,8 +164,8 @@ def export_saved_model(config, export_base, *, model_dir=None, weights=None, ver
 
     Class names, and for a model with the keypoint branch keypoint names and skeleton, come from
     the label schema beside the weights (weights/labels.py), else from the categories of
-    data.train.annotations (else data.val), as for `mask-rcnn predict`. The
-    version is checked before the model is built, so a refused export
+    data.train.annotations (else data.val), as for `mask-rcnn predict`. The version is
+    checked before the model is built, so a refused export
     costs nothing; the folder appears atomically (export/versions.py).
 
     Args:

@@ -11,7 +11,7 @@ norm the convs have no bias and are followed by "lateral_c{k}_norm" / "output_p{
 import keras
 from keras import ops
 
-from mask_rcnn_tf.layers.norm import make_norm
+from mask_rcnn_tf.layers.norm import fold_frozen_norms, make_norm
 
 _LEVELS = (2, 3, 4, 5)
 
@@ -119,6 +119,10 @@ class FPN(keras.layers.Layer):
         if self.use_p6:
             pyramid["p6"] = pyramid["p5"][:, ::2, ::2, :]
         return pyramid
+
+    def fold_frozen_norms(self):
+        """As ResNet.fold_frozen_norms, for FPN convs with norm "frozen_bn"."""
+        return sum(fold_frozen_norms(chain) for chain in self._laterals + self._outputs)
 
     def get_config(self):
         config = super().get_config()

@@ -1,6 +1,7 @@
 """Normalization layers for the backbone and FPN: frozen BatchNorm and a factory by kind."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -24,6 +25,7 @@ class FrozenBatchNormalization(keras.layers.Layer):
         if epsilon < 0:
             raise ValueError(f"FrozenBatchNormalization: epsilon must be >= 0, got {epsilon}")
         self.epsilon = epsilon
+        self.folded = False
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -61,13 +63,52 @@ class FrozenBatchNormalization(keras.layers.Layer):
         Returns:
             Tensor of the same shape, in the layer's compute dtype.
         """
+        if self.folded:
+            # A BiasAdd op (not an Add) is what TensorFlow's CPU remapper fuses into the
+            # convolution before it, with the ReLU after it, into one oneDNN kernel.
+            return tf.nn.bias_add(inputs, ops.cast(self.beta, self.compute_dtype))
+        scale, shift = self._scale_and_shift()
+        return inputs * ops.cast(scale, self.compute_dtype) + ops.cast(shift, self.compute_dtype)
+
+    def _scale_and_shift(self):
+        """float32 [C] scale and shift with call(x) = x * scale + shift."""
         gamma = ops.cast(self.gamma, "float32")
         beta = ops.cast(self.beta, "float32")
         mean = ops.cast(self.moving_mean, "float32")
         variance = ops.cast(self.moving_variance, "float32")
         scale = gamma * ops.rsqrt(variance + self.epsilon)
-        shift = beta - mean * scale
-        return inputs * ops.cast(scale, self.compute_dtype) + ops.cast(shift, self.compute_dtype)
+        return scale, beta - mean * scale
+
+    def fold_into(self, conv):
+        """Moves this layer's scale into the kernel of `conv`, the bias-free Conv2D it follows.
+
+        Afterwards conv's kernel is kernel * scale (per output channel, computed in float32),
+        beta holds the shift, gamma / moving_mean / moving_variance hold 1 / 0 / 1 - epsilon (so
+        the four weights still describe the layer's function), and call() only adds beta. For
+        inference graphs (the export): conv + bias + ReLU then run as one fused kernel instead
+        of a convolution followed by a multiply and an add over the whole activation map. Not
+        undone: weights saved afterwards belong to the folded model.
+
+        Raises:
+            ValueError: conv has a bias, its output channels differ from this layer's, or the
+                layer is folded already.
+        """
+        if self.folded:
+            raise ValueError(f"FrozenBatchNormalization '{self.name}' is folded already")
+        if conv.use_bias or conv.filters != self.gamma.shape[0]:
+            raise ValueError(
+                f"FrozenBatchNormalization '{self.name}' folds only into a bias-free conv of "
+                f"{self.gamma.shape[0]} filters; '{conv.name}' has use_bias={conv.use_bias}, "
+                f"{conv.filters} filters"
+            )
+        scale, shift = self._scale_and_shift()
+        # Kernels are [..., C_in / groups, C_out]: the scale broadcasts over the last axis.
+        conv.kernel.assign(ops.cast(conv.kernel, "float32") * scale)
+        self.beta.assign(shift)
+        self.gamma.assign(ops.ones_like(shift))
+        self.moving_mean.assign(ops.zeros_like(shift))
+        self.moving_variance.assign(ops.ones_like(shift) - self.epsilon)
+        self.folded = True
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -76,6 +117,19 @@ class FrozenBatchNormalization(keras.layers.Layer):
         config = super().get_config()
         config.update({"epsilon": self.epsilon})
         return config
+
+
+def fold_frozen_norms(layers):
+    """Folds every FrozenBatchNormalization that directly follows a Conv2D in the chain `layers`
+    and is not folded yet into that conv (FrozenBatchNormalization.fold_into); returns how many
+    it folded."""
+    folded = 0
+    for conv, norm in zip(layers, layers[1:]):
+        if (isinstance(conv, keras.layers.Conv2D) and isinstance(norm, FrozenBatchNormalization)
+                and not norm.folded):
+            norm.fold_into(conv)
+            folded += 1
+    return folded
 
 
 def make_norm(kind, name, groups=32, synchronized=False, dtype=None):

@@ -21,7 +21,7 @@ running_mean, running_var). Weightless helpers are named after the conv they ser
 import keras
 from keras import ops
 
-from mask_rcnn_tf.layers.norm import make_norm
+from mask_rcnn_tf.layers.norm import fold_frozen_norms, make_norm
 
 # depth -> (bottleneck?, blocks per stage res2..res5), as torchvision's resnet18 .. resnet152.
 _ARCHITECTURES = {
@@ -247,6 +247,13 @@ class ResNet(keras.layers.Layer):
                 x = ops.relu(x + residual)
             features[f"c{stage}"] = x
         return features
+
+    def fold_frozen_norms(self):
+        """Folds each frozen BatchNorm into the conv before it, for inference (see
+        FrozenBatchNormalization.fold_into); returns how many were folded (0 unless frozen_bn)."""
+        chains = [self._stem] + [path for blocks in self._stages for block in blocks
+                                 for path in block]
+        return sum(fold_frozen_norms(chain) for chain in chains)
 
     def get_config(self):
         config = super().get_config()

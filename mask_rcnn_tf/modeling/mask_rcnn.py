@@ -73,6 +73,11 @@ class MaskRCNN(keras.Model):
     def rpn_level_names(self):
         return ["p2", "p3", "p4", "p5", "p6"][: len(self.anchor_sizes)]
 
+    def fold_frozen_norms(self):
+        """Folds the backbone's and FPN's frozen BatchNorms into their convs for inference (the
+        export does this; FrozenBatchNormalization.fold_into). Returns how many were folded."""
+        return self.backbone.fold_frozen_norms() + self.fpn.fold_frozen_norms()
+
     def _anchors(self, images, rpn_features):
         # Run-time sizes: one traced graph serves inputs of every size.
         sizes = [tf.shape(f)[1:3] for f in rpn_features]

@@ -117,6 +117,26 @@ def test_fpn_group_norm_drops_conv_bias():
     assert len(fpn.weights) == 8 + 8 * 2  # 8 kernels, 8 norms with gamma and beta
 
 
+def test_fpn_frozen_norms_fold_into_their_convs():
+    rng = np.random.default_rng(7)
+    sizes = [(8, 8), (4, 4), (2, 2), (1, 1)]
+    features = random_features(sizes, (4, 8, 16, 32), rng)
+    fpn = FPN(8, norm="frozen_bn")
+    fpn(features)
+    for w in fpn.weights:
+        if w.path.endswith(("gamma", "moving_variance")):
+            w.assign(rng.uniform(0.5, 2.0, w.shape).astype("float32"))
+        elif w.path.endswith(("beta", "moving_mean")):
+            w.assign(rng.normal(size=w.shape).astype("float32"))
+    before = {k: keras.ops.convert_to_numpy(v) for k, v in fpn(features).items()}
+    assert fpn.fold_frozen_norms() == 8
+    after = fpn(features)
+    for key, value in before.items():
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(after[key]), value, rtol=1e-4,
+                                   atol=1e-4 * np.abs(value).max(), err_msg=key)
+    assert FPN(8).fold_frozen_norms() == 0  # convs with bias and no norm: nothing to fold
+
+
 def test_fpn_mixed_bfloat16():
     rng = np.random.default_rng(4)
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1)]

@@ -10,6 +10,7 @@ import re
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from mask_rcnn_tf.layers.norm import FrozenBatchNormalization, make_norm
 from mask_rcnn_tf.layers.resnet import ResNet
@@ -224,6 +225,38 @@ def test_frozen_batch_norm_mixed_bfloat16():
     np.testing.assert_allclose(out.astype("float32"), expected, rtol=1e-2, atol=1e-2)
 
 
+def test_folded_frozen_batch_norm_is_a_bias_add_after_a_scaled_kernel():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 6, 6, 4)).astype("float32")
+    conv = keras.layers.Conv2D(5, 3, padding="same", use_bias=False, groups=1)
+    norm = FrozenBatchNormalization()
+    norm.build((2, 6, 6, 5))
+    for w, value in zip(norm.weights, (rng.uniform(0.5, 2, 5), rng.normal(size=5),
+                                       rng.normal(size=5), rng.uniform(0.1, 2, 5))):
+        w.assign(value.astype("float32"))
+    before = keras.ops.convert_to_numpy(norm(conv(x)))
+    norm.fold_into(conv)
+    assert norm.folded
+    after = keras.ops.convert_to_numpy(norm(conv(x)))
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    graph = tf.function(lambda t: norm(conv(t))).get_concrete_function(
+        tf.TensorSpec((None, None, None, 4))).graph
+    ops_used = {op.type for op in graph.get_operations()}
+    assert "BiasAdd" in ops_used and "Mul" not in ops_used
+    with pytest.raises(ValueError, match="folded already"):
+        norm.fold_into(conv)
+    biased = keras.layers.Conv2D(5, 1, use_bias=True)
+    biased.build((1, 2, 2, 4))
+    with pytest.raises(ValueError, match="use_bias=True"):
+        _built_norm(5).fold_into(biased)
+
+
+def _built_norm(channels):
+    norm = FrozenBatchNormalization()
+    norm.build((1, 1, 1, channels))
+    return norm
+
+
 def test_make_norm_kinds():
     frozen = make_norm("frozen_bn", "a")
     assert isinstance(frozen, FrozenBatchNormalization)
@@ -283,13 +316,19 @@ def test_resnet_matches_numpy_torchvision_reference(depth, groups, width_per_gro
     )
     resnet.build(x.shape)
     load_torch_params(resnet, params)
-    out = resnet(x.astype("float32"))
     expected = np_resnet(params, x, depth, groups, stride_in_1x1)
-    for key, value in expected.items():
-        got = keras.ops.convert_to_numpy(out[key])
-        assert got.shape == value.shape, key
-        atol = 1e-4 * np.abs(value).max()
-        np.testing.assert_allclose(got, value, rtol=1e-4, atol=atol, err_msg=key)
+    # The exported model folds each frozen norm into its conv: it must give the same maps.
+    for folded in (False, True):
+        if folded:
+            assert resnet.fold_frozen_norms() == len(
+                [name for name in params if name.endswith("running_mean")])
+        out = resnet(x.astype("float32"))
+        for key, value in expected.items():
+            got = keras.ops.convert_to_numpy(out[key])
+            assert got.shape == value.shape, key
+            atol = 1e-4 * np.abs(value).max()
+            np.testing.assert_allclose(got, value, rtol=1e-4, atol=atol,
+                                       err_msg=f"{key}, folded={folded}")
 
 
 def test_stride_in_1x1_moves_the_stride():
