@@ -16,11 +16,14 @@ process:
     python benchmarks/coco_scale.py --workdir /tmp/coco_scale            # full size (~1 h)
     python benchmarks/coco_scale.py --workdir /tmp/coco_small --num-images 2000 --small 500 \\
         --batches 20 --no-step                                           # smoke test
+    python benchmarks/coco_scale.py --workdir /tmp/coco_scale --reuse-shards  # measure again
+                                                 # without rewriting the shards (~10 min)
 
 Prints one JSON object; the targets of issue 15 are checked in its "targets" field.
 """
 
 import argparse
+import glob
 import json
 import os
 import resource
@@ -174,6 +177,8 @@ def main():
     parser.add_argument("--small", type=int, default=10000, help="the smaller size for RSS")
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--no-step", action="store_true", help="skip the R-50-FPN step timing")
+    parser.add_argument("--reuse-shards", action="store_true",
+                        help="keep shards an earlier run wrote (make-tfrecords is not timed)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--start", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -189,6 +194,9 @@ def main():
             report[f"{name}_instances"] = write_dataset(folder, count)
             report[f"{name}_generate_s"] = time.time() - tick
         os.makedirs(os.path.join(folder, "shards"), exist_ok=True)
+        if args.reuse_shards and glob.glob(os.path.join(folder, "shards", "train*manifest.json")):
+            report[f"{name}_shards"] = _child(f"iterate:shards:{folder}:{args.batches}")
+            continue
         tick = time.time()
         subprocess.run([sys.executable, "-m", "mask_rcnn_tf.cli", "make-tfrecords",
                         "--annotations", os.path.join(folder, "annotations.json"),

@@ -1,7 +1,8 @@
 """Where the network's time goes on CPU: milliseconds per stage of one Mask R-CNN inference.
 
-    python benchmarks/profile_stages.py [--precision float32 bfloat16] [--threads 2]
-                                        [--runs 5] [--warmup 2] [--tiny] [--json out.json]
+    python benchmarks/profile_stages.py [--precision float32 bfloat16] [--norms folded unfolded]
+                                        [--threads 2] [--runs 5] [--warmup 2] [--tiny]
+                                        [--json out.json]
 
 R-50-FPN (configs/maskrcnn_r50_fpn_torchvision.yaml) with random weights (Keras initializers),
 one 800 x 1333 image (skimage's coffee photograph, as benchmarks/vs_torchvision.py) zero-padded
@@ -10,8 +11,11 @@ tf.function fed the previous stage's real outputs, timed alone (median of --runs
 backbone, FPN, RPN head, proposals (top-k + NMS), box RoIAlign, box head, detection NMS (per
 class), mask RoIAlign, mask head; "whole model" is model(...) in one tf.function, whose time
 differs from the stages' sum by what one graph overlaps or fuses across stage boundaries.
-Each precision runs in a child process (the Keras dtype policy is set once), alternating
-precisions over --rounds children, with --threads intra-op threads and one inter-op thread.
+--norms: "folded" folds the backbone's frozen BatchNorms into its convs as the export does
+(MaskRCNN.fold_frozen_norms), "unfolded" keeps them as the training graph runs them.
+Each (precision, norms) column runs in a child process (the Keras dtype policy is set once),
+alternating columns over --rounds children, with --threads intra-op threads and one inter-op
+thread.
 --tiny: configs/shapes.yaml narrowed to 64 px inputs, to smoke-test the script.
 """
 
@@ -68,6 +72,8 @@ def _worker(args):
                              ["model.roi_heads.score_threshold=0.0"])
     keras.utils.set_random_seed(0)
     model = build_model(config.model, image_size=64)
+    if args.norms == "folded":
+        model.fold_frozen_norms()
     photo, padded = _image(args.tiny)
     images = np.zeros((1, *padded, 3), np.float32)
     images[0, :photo.shape[0], :photo.shape[1]] = (photo.astype(np.float32) - MEAN) / STD
@@ -119,14 +125,14 @@ def _worker(args):
             "detections": int(detections["num_detections"][0])}
 
 
-def _child(args, precision):
-    command = [sys.executable, __file__, "--worker", "--precision", precision,
+def _child(args, precision, norms):
+    command = [sys.executable, __file__, "--worker", "--precision", precision, "--norms", norms,
                "--threads", str(args.threads), "--runs", str(args.runs),
                "--warmup", str(args.warmup)] + (["--tiny"] if args.tiny else [])
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     if result.returncode != 0:
-        sys.exit(f"profile ({precision}) failed:\n{result.stderr[-3000:]}")
+        sys.exit(f"profile ({precision}, {norms}) failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -134,19 +140,22 @@ def main():
     parser = timing_parser(__doc__)
     parser.add_argument("--precision", nargs="+", default=["float32", "bfloat16"],
                         choices=["float32", "bfloat16"])
+    parser.add_argument("--norms", nargs="+", default=["folded", "unfolded"],
+                        choices=["folded", "unfolded"])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        args.precision = args.precision[0]
+        args.precision, args.norms = args.precision[0], args.norms[0]
         print(json.dumps(_worker(args)))
         return
-    rounds = {precision: [] for precision in args.precision}
+    columns = [(precision, norms) for precision in args.precision for norms in args.norms]
+    rounds = {f"{p} {n}": [] for p, n in columns}
     for _ in range(args.rounds):
-        for precision in args.precision:  # alternating, so load drifts hit both alike
-            rounds[precision].append(_child(args, precision))
-    table = {precision: {stage: statistics.median(r["ms"][stage] for r in results)
-                         for stage in STAGES} for precision, results in rounds.items()}
+        for precision, norms in columns:  # alternating, so load drifts hit all alike
+            rounds[f"{precision} {norms}"].append(_child(args, precision, norms))
+    table = {column: {stage: statistics.median(r["ms"][stage] for r in results)
+                      for stage in STAGES} for column, results in rounds.items()}
     print("| stage | " + " | ".join(f"{p} ms" for p in table) + " |")
     print("|---|" + "---:|" * len(table))
     for stage in STAGES:

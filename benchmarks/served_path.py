@@ -11,8 +11,9 @@ smoke test of the script. Everything runs with --threads intra-op threads; the d
 (`mask-rcnn serve`, a child process) with --intra-op-threads --threads.
 
 1. profile: median ms of each part of one request: decode (tf.io.decode_image), preprocessing
-   (data.pipeline.preprocess_image), network (the Keras model), postprocessing (the in-process
-   signature minus those three), serialization (outputs into typed TensorProto fields, as the
+   (data.pipeline.preprocess_image, padded as the signature pads: 800 x 1344), network (the
+   Keras model the export was written from, frozen norms folded as in the export, on that
+   tensor), postprocessing (the in-process signature minus those three), serialization (outputs into typed TensorProto fields, as the
    server answers), transport (the dev server's latency minus everything measured on either
    side of it), client decode (parse, arrays, Detection objects with pasted masks).
 2. server: median latency through the dev server (gRPC and REST) at concurrency 1 against the
@@ -121,7 +122,8 @@ def _start_server(base, threads):
 def _profile(args, config, model, signature, jpeg, target, rest_target):
     import tensorflow as tf
 
-    from mask_rcnn_tf.data.pipeline import preprocess_image
+    from mask_rcnn_tf.data.inputs import square_pad_size
+    from mask_rcnn_tf.data.pipeline import pad_to_multiple, preprocess_image
     from mask_rcnn_tf.serving import MaskRCNNClient, MaskRCNNRestClient
     from mask_rcnn_tf.serving.detections import detections_from_outputs
     from mask_rcnn_tf.serving.tensors import make_ndarray, make_tensor_proto
@@ -130,9 +132,19 @@ def _profile(args, config, model, signature, jpeg, target, rest_target):
     d = config.data
     decode = tf.function(lambda data: tf.io.decode_image(data, channels=3,
                                                          expand_animations=False))
-    preprocess = tf.function(lambda image: preprocess_image(
-        image, min_size=d.min_size, max_size=d.max_size, pad_size=d.pad_size, mean=d.mean,
-        std=d.std))
+    pad_size = square_pad_size(d)
+
+    @tf.function
+    def preprocess(image):
+        # As the signature prepares a one-image request: the square pad_size only under
+        # data.pad_mode square, else the resized image padded to multiples of size_divisibility.
+        padded, resized, scale = preprocess_image(
+            image, min_size=d.min_size, max_size=d.max_size, pad_size=pad_size, mean=d.mean,
+            std=d.std, channel_order=d.channel_order)
+        if pad_size is None:
+            padded = pad_to_multiple(padded[None], d.size_divisibility)[0]
+        return padded, resized, scale
+
     network = tf.function(lambda images, sizes: model({"images": images, "image_sizes": sizes},
                                                       training=False))
     pixels = decode(tf.constant(jpeg))
