@@ -30,6 +30,12 @@ TINY = [f"data.min_size={SIZE}", f"data.max_size={SIZE}", "model.backbone.base_w
         "model.roi_heads.detections_per_image=10", "model.roi_heads.score_threshold=0.82",
         "model.keypoints.conv_dim=8", "model.keypoints.num_convs=1"]
 NUM_DETECTIONS = 10
+# The shapes demo (three classes, masks only) narrowed the same way, for the export and serving
+# tests of a mask model (tests/conftest.py tiny_shapes_export).
+SHAPES_CONFIG = CONFIG.with_name("shapes.yaml")
+SHAPES_TINY = [f"data.min_size={SIZE}", f"data.max_size={SIZE}", "model.backbone.base_width=8",
+               "model.fpn.num_channels=16", "model.roi_heads.box_fc_dim=16",
+               "model.roi_heads.mask_conv_dim=8", "model.roi_heads.score_threshold=0.5"]
 
 
 def make_annotations(root):

@@ -10,6 +10,7 @@ of several classes.
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,13 +29,11 @@ from mask_rcnn_tf.data.shapes import CATEGORIES, make_shapes
 from mask_rcnn_tf.export.saved_model import check_class_names, export_saved_model
 from mask_rcnn_tf.modeling.factory import build_model
 from mask_rcnn_tf.ops.mask_ops import paste_masks_numpy
-from tests.export.helpers import encode_png, noise_images, resize_scale, run_model
+from tests.export.helpers import SHAPES_TINY, encode_png, noise_images, resize_scale, run_model
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "shapes.yaml"
 SIZE = 64
-TINY = [f"data.min_size={SIZE}", f"data.max_size={SIZE}", "model.backbone.base_width=8",
-        "model.fpn.num_channels=16", "model.roi_heads.box_fc_dim=16",
-        "model.roi_heads.mask_conv_dim=8", "model.roi_heads.score_threshold=0.5"]
+TINY = SHAPES_TINY  # the model of tests/conftest.py tiny_shapes_export
 NUM_DETECTIONS = 50  # roi_heads.detections_per_image of configs/shapes.yaml
 IMAGE_SIZES = [(40, 60), (64, 64), (90, 50), (33, 77), (128, 96), (17, 23), (200, 150),
                (64, 31), (100, 100), (48, 130)]
@@ -293,11 +292,15 @@ def test_class_count_that_does_not_fit_the_annotations_refused(setup, capsys, tm
     assert not (tmp_path / "models").exists()
 
 
-def test_next_version_without_full_masks_and_interrupted_export(setup, monkeypatch, tmp_path):
+def test_next_version_without_full_masks_and_interrupted_export(tiny_shapes_export, monkeypatch,
+                                                                 tmp_path):
+    # The session's export of the same model without --full-masks (export_saved_model into an
+    # empty base), copied: this test writes into the base.
+    assert tiny_shapes_export["export_dir"] == str(tiny_shapes_export["base"] / "1")
     base = tmp_path / "models"
-    config = setup["config"]
-    first = export_saved_model(config, base, weights=str(setup["weights"]))
-    assert first == str(base / "1")
+    shutil.copytree(tiny_shapes_export["base"], base)
+    config, weights = tiny_shapes_export["config"], tiny_shapes_export["weights"]
+    first = str(base / "1")
     with open(os.path.join(first, "saved_model.pb"), "rb") as f:
         graphs = saved_model_pb2.SavedModel.FromString(f.read()).meta_graphs
     for name in ("serving_default", "serving_tensor"):
@@ -313,7 +316,7 @@ def test_next_version_without_full_masks_and_interrupted_export(setup, monkeypat
 
     monkeypatch.setattr(tf.saved_model, "save", save_then_fail)
     with pytest.raises(KeyboardInterrupt):
-        export_saved_model(config, base, weights=str(setup["weights"]))
+        export_saved_model(config, base, weights=str(weights))
     assert os.listdir(base) == ["1"]
 
 

@@ -13,9 +13,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from mask_rcnn_tf.data.figures import KEYPOINT_NAMES, SKELETON
 from mask_rcnn_tf.export.saved_model import check_keypoint_schema, export_saved_model
 from mask_rcnn_tf.ops.keypoint_ops import keypoints_to_original_frame
-from tests.export.helpers import (NUM_DETECTIONS, SIZE, coco_frame, encode_png,
-                                  make_annotations, noise_images, random_model, resize_scale,
-                                  run_model, tiny_config)
+from tests.export.helpers import (NUM_DETECTIONS, SIZE, coco_frame, encode_png, noise_images,
+                                  random_model, resize_scale, run_model, tiny_config)
 
 IMAGE_SIZES = [(64, 64), (40, 60), (90, 50), (33, 77)]
 MASK_OUTPUTS = {"num_detections", "detection_boxes", "detection_classes", "detection_scores",
@@ -23,15 +22,9 @@ MASK_OUTPUTS = {"num_detections", "detection_boxes", "detection_classes", "detec
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("keypoint_export")
-    annotations = make_annotations(root)
-    config, _ = tiny_config(annotations)
-    weights = root / "tiny.weights.h5"
-    model = random_model(config, weights)
-    path = export_saved_model(config, root / "models", weights=str(weights))
-    return {"root": root, "annotations": annotations, "model": model, "weights": weights,
-            "export_dir": path, "loaded": tf.saved_model.load(path)}
+def setup(tiny_keypoint_export):
+    """The session's tiny keypoint export (tests/conftest.py), read only."""
+    return tiny_keypoint_export
 
 
 def _reference(model, images):

@@ -21,7 +21,6 @@ import sys
 import threading
 
 import grpc
-import keras
 import numpy as np
 import pytest
 import requests
@@ -29,10 +28,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from mask_rcnn_tf.config import load_config
 from mask_rcnn_tf.data.shapes import make_shapes
-from mask_rcnn_tf.export.saved_model import export_saved_model
-from mask_rcnn_tf.modeling.factory import build_model
 from mask_rcnn_tf.serving import (InvalidRequestError, MaskRCNNClient, MaskRCNNRestClient,
                                   ModelNotFoundError, SignatureNotFoundError)
 from mask_rcnn_tf.serving.tensors import make_tensor_proto
@@ -50,29 +46,17 @@ def encode_png(image):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(model base path, list of PNG bytes of images of different sizes, class names)."""
+def exported(tiny_shapes_export, tmp_path_factory):
+    """(model base path, list of PNG bytes of images of different sizes): the session's tiny
+    shapes export (tests/conftest.py), which the server only reads, and shapes images."""
     root = tmp_path_factory.mktemp("e2e")
-    shapes = make_shapes(root / "shapes", num_images=len(SIZES), seed=0, image_size=64)
-    config = load_config(os.path.join(REPO, "configs", "shapes.yaml"), [
-        f"data.train.annotations={shapes['annotations_path']}", "data.min_size=64",
-        "data.max_size=64", "model.backbone.base_width=8", "model.fpn.num_channels=16",
-        "model.roi_heads.box_fc_dim=16", "model.roi_heads.mask_conv_dim=8",
-        "model.roi_heads.score_threshold=0.5"])
-    keras.utils.set_random_seed(0)
-    model = build_model(config.model, image_size=config.data.pad_size)
-    kernel = model.box_head.class_logits.kernel
-    kernel.assign(np.random.default_rng(0).normal(0.0, 0.1, kernel.shape).astype(np.float32))
-    model.save_weights(str(root / "random.weights.h5"))
-    base = root / "base"
-    base.mkdir()
-    export_saved_model(config, str(base), weights=str(root / "random.weights.h5"))
+    make_shapes(root / "shapes", num_images=len(SIZES), seed=0, image_size=64)
     images = sorted((root / "shapes" / "images").iterdir())
     encoded = []
     for path, (height, width) in zip(images, SIZES):
         with Image.open(path) as image:
             encoded.append(encode_png(np.asarray(image.convert("RGB").resize((width, height)))))
-    return str(base), encoded
+    return str(tiny_shapes_export["base"]), encoded
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +66,12 @@ def rest_port():
 
 
 @pytest.fixture(scope="module")
-def server(exported, rest_port):
+def server(exported, rest_port, tmp_path_factory):
     """(target, subprocess, log path) of `mask-rcnn serve` on a free port, ready to serve (REST
     on rest_port)."""
     base, _ = exported
     port = free_port()
-    log_path = os.path.join(base, "..", "server.log")
+    log_path = tmp_path_factory.mktemp("e2e_server") / "server.log"
     log = open(log_path, "w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "mask_rcnn_tf.cli", "serve", "--model-base-path", base,
@@ -108,17 +92,19 @@ def server(exported, rest_port):
         log.close()
 
 
-def in_process(base, encoded):
-    """The SavedModel's serving_default outputs, one image per call."""
+@pytest.fixture(scope="module")
+def in_process(exported):
+    """The SavedModel's serving_default outputs for each image of `exported`, one per call."""
+    base, encoded = exported
     detect = tf.saved_model.load(os.path.join(base, "1")).signatures["serving_default"]
     return [{name: value.numpy() for name, value in detect(images=tf.constant([data])).items()}
             for data in encoded]
 
 
-def test_served_detections_equal_the_saved_model_in_process(exported, server):
-    base, encoded = exported
+def test_served_detections_equal_the_saved_model_in_process(exported, in_process, server):
+    _, encoded = exported
     target, _, _ = server
-    expected = in_process(base, encoded)
+    expected = in_process
     # One image per request, as in process: batch size can change float rounding in convolutions.
     with MaskRCNNClient(target, MODEL_NAME, max_batch_size=1) as client:
         outputs = client.predict_outputs(encoded)
@@ -209,8 +195,8 @@ def test_bad_requests_then_still_serving(exported, server):
         assert client.predict_outputs(good)["image_sizes"].tolist() == [list(SIZES[0])]
 
 
-def test_client_command_prints_json_and_draws(exported, server, tmp_path):
-    base, encoded = exported
+def test_client_command_prints_json_and_draws(exported, in_process, server, tmp_path):
+    _, encoded = exported
     target, _, _ = server
     paths = []
     for index in (0, 3):
@@ -223,7 +209,7 @@ def test_client_command_prints_json_and_draws(exported, server, tmp_path):
         capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    expected = in_process(base, [encoded[0], encoded[3]])
+    expected = [in_process[0], in_process[3]]
     assert [entry["image"] for entry in report] == paths
     for entry, want, index in zip(report, expected, (0, 3)):
         count = int(want["num_detections"][0])

@@ -14,10 +14,8 @@ from PIL import Image
 
 from mask_rcnn_tf import cli
 from mask_rcnn_tf.data.figures import KEYPOINT_NAMES, SKELETON
-from mask_rcnn_tf.export.saved_model import export_saved_model
 from mask_rcnn_tf.serving import MaskRCNNClient
-from tests.export.helpers import (encode_png, make_annotations, noise_images, random_model,
-                                  tiny_config)
+from tests.export.helpers import encode_png, noise_images
 from tests.serving.fake_model import free_port
 
 MODEL_NAME = "figures"
@@ -26,23 +24,18 @@ SIZES = [(64, 64), (48, 64), (37, 53), (80, 60)]
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(model base path, PNG bytes of images of different sizes)."""
-    root = tmp_path_factory.mktemp("keypoint_serving")
-    config, _ = tiny_config(make_annotations(root))
-    weights = root / "tiny.weights.h5"
-    random_model(config, weights)
-    base = root / "base"
-    export_saved_model(config, str(base), weights=str(weights))
-    return str(base), [encode_png(image) for image in noise_images(SIZES)]
+def exported(tiny_keypoint_export):
+    """(model base path, PNG bytes of images of different sizes): the session's tiny keypoint
+    export (tests/conftest.py), which the server only reads."""
+    return str(tiny_keypoint_export["base"]), [encode_png(image) for image in noise_images(SIZES)]
 
 
 @pytest.fixture(scope="module")
-def target(exported):
+def target(exported, tmp_path_factory):
     """host:port of `mask-rcnn serve` on a free port, ready to serve."""
     base, _ = exported
     port = free_port()
-    log_path = os.path.join(base, "..", "server.log")
+    log_path = tmp_path_factory.mktemp("keypoint_server") / "server.log"
     with open(log_path, "w+") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "mask_rcnn_tf.cli", "serve", "--model-base-path", base,
@@ -61,10 +54,10 @@ def target(exported):
 
 
 @pytest.fixture(scope="module")
-def expected(exported):
+def expected(exported, tiny_keypoint_export):
     """The SavedModel's serving_default outputs in process, one image per call."""
-    base, encoded = exported
-    detect = tf.saved_model.load(os.path.join(base, "1")).signatures["serving_default"]
+    _, encoded = exported
+    detect = tiny_keypoint_export["loaded"].signatures["serving_default"]
     return [{key: value.numpy() for key, value in detect(images=tf.constant([data])).items()}
             for data in encoded]
 
