@@ -356,7 +356,7 @@ def main():
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
+    tf.config.threading.set_inter_op_parallelism_threads(1)  # as the dev server (server.py)
     from mask_rcnn_tf.modeling.factory import build_model
 
     config = _config(args.tiny)

@@ -113,7 +113,7 @@ def _parser():
                        help="TensorFlow intra-op threads (default: the cores this process may "
                             "use)")
     serve.add_argument("--inter-op-threads", type=int, help="TensorFlow inter-op threads "
-                                                            "(default: 2)")
+                                                            "(default: 1)")
     serve.add_argument("--max-concurrent-runs", type=int, default=1,
                        help="model runs at once; more requests wait (default 1: each run "
                             "already uses every core)")

@@ -172,13 +172,14 @@ def start_server(servable, host="127.0.0.1", port=8500, max_workers=8):
 def default_threads():
     """(intra-op, inter-op) threads for the cores this process may use.
 
-    One model run at a time (Servable's max_concurrent_runs) spreads each op over every core;
-    two inter-op threads let the small independent ops of the pre- and postprocessing overlap
-    the large ones. TensorFlow's defaults size both pools to the whole machine whatever the
-    process's CPU affinity, and concurrent requests then multiply the threads fighting for the
-    same cores.
+    One model run at a time (Servable's max_concurrent_runs) spreads each op over every core,
+    and one inter-op thread runs one op at a time: with two, two ops each spread over every
+    core ran side by side, twice as many threads as cores, and R-50-FPN answered 3% fewer
+    requests per second at concurrency 1 and 4 (benchmarks/README.md, the served path).
+    TensorFlow's defaults size both pools to the whole machine whatever the process's CPU
+    affinity, and concurrent requests then multiply the threads fighting for the same cores.
     """
-    return len(os.sched_getaffinity(0)), 2
+    return len(os.sched_getaffinity(0)), 1
 
 
 def configure_threads(intra_op_threads=None, inter_op_threads=None):

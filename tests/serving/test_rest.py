@@ -33,4 +33,4 @@ def test_serve_refuses_bad_thread_flags_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "mask-rcnn serve: error: --intra-op-threads and --inter-op-threads must be at least 1, "
-        "got 0 and 2")
+        "got 0 and 1")  # inter-op: server.default_threads()
