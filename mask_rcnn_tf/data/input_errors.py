@@ -14,6 +14,7 @@ import re
 
 import tensorflow as tf
 
+from mask_rcnn_tf.data.coco import CocoDataset
 from mask_rcnn_tf.data.image_check import check_images
 
 logger = logging.getLogger("mask_rcnn_tf.data")
@@ -40,9 +41,10 @@ def _first_line(err):
 
 def _find_bad_image(source):
     """The first image of a CocoDataset that does not fully decode, as 'path: reason'."""
-    records = getattr(source, "records", None)
-    if not records:
+    # A TFRecordSource has a records() method, not a list of image records: no images to check.
+    if not isinstance(source, CocoDataset) or not source.records:
         return None
+    records = source.records
     logger.info("an image failed to decode; decoding all %d images to find it", len(records))
     bad = check_images([(r.path, r.height, r.width) for r in records], full_decode=True)
     return f"{bad[0][0]}: {bad[0][1]}" if bad else None

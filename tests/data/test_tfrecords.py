@@ -190,6 +190,11 @@ def test_truncated_or_corrupted_shard_is_named(shapes_dir, tmp_path):
     with pytest.raises(ValueError, match=f"^{shard}: shard does not read"):
         with naming_input_errors(source):
             list(batches)
+    # A decode failure that names no file, from shards: the shards are searched (a shard
+    # source has no image list to decode).
+    with pytest.raises(ValueError, match=f"^{shard}: shard does not read"):
+        with naming_input_errors(source):
+            raise tf.errors.InvalidArgumentError(None, None, "Unknown image file format.")
 
 
 def test_bucket_paths_through_tf_io_gfile(shapes_dir, tmp_path):
