@@ -203,14 +203,14 @@ def run(args):
         from mask_rcnn_tf.data.inputs import load_split
         from mask_rcnn_tf.evaluation.evaluate import evaluate_model
         from mask_rcnn_tf.io_utils import atomic_write_json
-
         from mask_rcnn_tf.weights.labels import label_schema_for
 
         config = _config(args)
+        # The classes of the schema beside the weights, when there is one, must fit the model:
+        # checked (one small file) before the images are checked and the model is built.
+        label_schema_for(config, args.model_dir, args.weights, from_annotations=False)
         dataset = load_split(config.data, "val")
         model = _load_model(args, config)
-        # The classes of the schema beside the weights, when there is one, must fit the model.
-        label_schema_for(config, args.model_dir, args.weights, from_annotations=False)
         metrics = evaluate_model(model, config.data, dataset,
                                  batch_size=config.eval.batch_size,
                                  mask_threshold=config.eval.mask_threshold,

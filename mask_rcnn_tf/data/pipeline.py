@@ -307,7 +307,7 @@ def _make_example_fn(*, training, min_size, max_size, pad_size, max_instances, m
 
 
 def _record_source(dataset, max_instances, training, seed):
-    """The per-image records of `dataset`, the function decoding one, and the number of images.
+    """The per-image records of `dataset` and the function decoding one.
 
     `dataset` is a CocoDataset (records packed as constants, decode_json_record) or a streaming
     source such as data/tfrecords.py's TFRecordSource, which provides `num_images`,
@@ -316,10 +316,9 @@ def _record_source(dataset, max_instances, training, seed):
     """
     if hasattr(dataset, "decode"):
         return (dataset.records(training=training, seed=seed),
-                functools.partial(dataset.decode, max_instances=max_instances),
-                dataset.num_images)
+                functools.partial(dataset.decode, max_instances=max_instances))
     return (tf.data.Dataset.from_tensor_slices(_record_tensors(dataset.records, max_instances)),
-            decode_json_record, len(dataset.records))
+            decode_json_record)
 
 
 def _check_arguments(dataset, batch_size, min_size, max_size, pad_size, max_instances,
@@ -394,9 +393,9 @@ def build_dataset(dataset, *, training, batch_size, min_size, max_size, pad_size
         raise ValueError(f"{dataset.annotations_path}: {num_keypoints} keypoints need a "
                          f"keypoint flip map of that length to train with flips, got "
                          f"{keypoint_flip_map!r}")
-    records, decode, num_images = _record_source(dataset, max_instances, training, seed)
+    records, decode = _record_source(dataset, max_instances, training, seed)
     if training:
-        records = records.shuffle(min(shuffle_buffer, num_images), seed=seed,
+        records = records.shuffle(min(shuffle_buffer, dataset.num_images), seed=seed,
                                   reshuffle_each_iteration=True)
     if repeat is None:
         repeat = training

@@ -49,15 +49,18 @@ def predict_images(model, config: Config, images, output_dir, categories,
     output_dir.mkdir(parents=True, exist_ok=True)
     d = config.data
     detect = detection_function(model)
+    pad_size = square_pad_size(d)
     category_ids = [category_id for category_id, _ in categories]
     class_names = {index + 1: name for index, (_, name) in enumerate(categories)}
     all_results = []
     for index, (path, image) in enumerate(images.items()):
         padded, resized_size, scale = preprocess_image(
-            image, min_size=d.min_size, max_size=d.max_size, pad_size=square_pad_size(d),
+            image, min_size=d.min_size, max_size=d.max_size, pad_size=pad_size,
             mean=d.mean, std=d.std, channel_order=d.channel_order)
-        outputs = detect(pad_to_multiple(padded[None], d.size_divisibility),
-                         tf.cast(resized_size, tf.float32)[None])
+        batch = padded[None]
+        if pad_size is None:  # as the input pipeline and the export pad (data.pad_mode batch)
+            batch = pad_to_multiple(batch, d.size_divisibility)
+        outputs = detect(batch, tf.cast(resized_size, tf.float32)[None])
         outputs = {key: np.asarray(value) for key, value in outputs.items()}
         outputs.update(image_ids=np.array([index]), scales=np.array([float(scale)]),
                        original_sizes=np.array([image.shape[:2]]))

@@ -100,17 +100,16 @@ class MaskRCNN(keras.Model):
         proposals, _, proposal_valid = self.proposal_generator(
             rpn_logits, rpn_deltas, anchors, image_sizes, training=with_targets)
         if with_targets:
-            return self._training_outputs(inputs, features, rpn_logits, rpn_deltas, anchors,
-                                          proposals, proposal_valid, training)
+            return self._training_outputs(inputs, image_sizes, features, rpn_logits, rpn_deltas,
+                                          anchors, proposals, proposal_valid, training)
         return self._detect(features, proposals, proposal_valid, image_sizes, training)
 
-    def _training_outputs(self, inputs, features, rpn_logits, rpn_deltas, anchors, proposals,
-                          proposal_valid, training):
+    def _training_outputs(self, inputs, image_sizes, features, rpn_logits, rpn_deltas, anchors,
+                          proposals, proposal_valid, training):
         gt_boxes = tf.cast(inputs["gt_boxes"], tf.float32)
         gt_classes = tf.cast(inputs["gt_classes"], tf.int32)
         gt_valid = gt_classes > 0
-        rpn = targets.rpn_targets(tf.concat(anchors, axis=0), gt_boxes, gt_valid,
-                                  tf.cast(inputs["image_sizes"], tf.float32),
+        rpn = targets.rpn_targets(tf.concat(anchors, axis=0), gt_boxes, gt_valid, image_sizes,
                                   **self.rpn_sampling)
         sampled = targets.sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid,
                                       **self.roi_sampling)
