@@ -1,8 +1,8 @@
 """One served request taken apart, the dev server against the in-process signature, the
 response size of each mask output, and the bfloat16 export against the float32 one.
 
-    python benchmarks/served_path.py [--threads 2] [--runs 5] [--warmup 2] [--tiny]
-                                     [--json out.json]
+    python benchmarks/served_path.py [--threads 2] [--runs 5] [--warmup 2] [--rounds 3]
+                                     [--tiny] [--json out.json]
 
 Model: R-50-FPN (configs/maskrcnn_r50_fpn_torchvision.yaml), random weights (Keras
 initializers, seed 0), score threshold 0 (100 detections); request: one 800 x 1333 JPEG
@@ -20,7 +20,10 @@ smoke test of the script. Everything runs with --threads intra-op threads; the d
    in-process signature call; the server's throughput at concurrency 1 and 4 (4 threads sharing
    a client that only receives the outputs: `predict_outputs`, no client-side mask pasting,
    which would compete with the server for the same cores), 2 x --runs requests per level,
-   levels alternating over 3 rounds, median round.
+   levels alternating over --rounds rounds, median round. The same (keys batching_*) for a
+   second dev server that merges concurrent requests with serving/batching_parameters.txt
+   (`--batching-parameters-file`, as tensorflow_model_server's --enable_batching), and the
+   batch sizes it ran (batching_batch_sizes, {images: batches}, warm-up included).
 3. masks: for 100 detections, the response bytes (the PredictResponse the server sends, typed
    fields) and client decode ms with 28 x 28 masks, detection_masks_full (uint8) and
    detection_masks_encoded_bytes (PNG and COCO RLE exports), whether the decoded masks equal the
@@ -53,7 +56,7 @@ TINY = ["data.min_size=64", "data.max_size=64", "model.backbone.base_width=8",
         "model.fpn.num_channels=16", "model.roi_heads.box_fc_dim=16",
         "model.roi_heads.mask_conv_dim=8"]
 MODEL_NAME = "bench"
-THROUGHPUT_ROUNDS = 3
+BATCHING_FILE = str(ROOT / "serving" / "batching_parameters.txt")
 
 
 def _median_ms(fn, runs, warmup):
@@ -112,18 +115,27 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _start_server(base, threads):
+def _start_server(base, threads, log, *options):
+    """(process, gRPC target, REST target) of `mask-rcnn serve` logging into the file `log`."""
     port, rest_port = _free_port(), _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "mask_rcnn_tf.cli", "serve", "--model-base-path", str(base),
          "--model-name", MODEL_NAME, "--port", str(port), "--rest-port", str(rest_port),
-         "--intra-op-threads", str(threads)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+         "--intra-op-threads", str(threads), *options],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     return process, f"127.0.0.1:{port}", f"127.0.0.1:{rest_port}"
 
 
-def _profile(args, config, model, signature, jpeg, target, rest_target):
+def _batch_sizes(log_path):
+    """{images: batches} from a batching server's log (logged when it stops), or None."""
+    for line in Path(log_path).read_text().splitlines():
+        if "batches run, {images: batches}: " in line:
+            return json.loads(line.split("batches run, {images: batches}: ", 1)[1])
+    return None
+
+
+def _profile(args, config, model, signature, jpeg, target, rest_target, batching_target):
     import tensorflow as tf
 
     from mask_rcnn_tf.data.inputs import square_pad_size
@@ -196,26 +208,51 @@ def _profile(args, config, model, signature, jpeg, target, rest_target):
                                                       args.warmup)
     ms["transport"] = server["grpc_latency_c1"] - ms["in_process_signature"] \
         - ms["serialization"] - ms["client_decode"]
-    # Throughput is the server's: predict_outputs leaves out the client's mask pasting, which
-    # on this one machine would take the server's cores while the next request runs.
-    # Levels alternate over THROUGHPUT_ROUNDS rounds of the same number of requests, so a drift
-    # in the machine's speed hits both alike; each level's median round is reported.
-    rates = {1: [], 4: []}
-    with MaskRCNNClient(target, MODEL_NAME, timeout=600) as client:
-        for _ in range(THROUGHPUT_ROUNDS):
-            for concurrency in rates:
-                count = 2 * args.runs
+    with MaskRCNNClient(batching_target, MODEL_NAME, timeout=600) as client:
+        client.wait_until_ready(timeout=900)
+        server["batching_grpc_latency_c1"] = _median_ms(lambda: client.predict([jpeg]),
+                                                        args.runs, args.warmup)
+    server.update(_throughput({"": target, "batching_": batching_target}, jpeg, 2 * args.runs,
+                              args.rounds))
+    server["latency_ratio_c1"] = server["grpc_latency_c1"] / ms["in_process_signature"]
+    server["batching_latency_ratio_c1"] = (server["batching_grpc_latency_c1"]
+                                           / ms["in_process_signature"])
+    for prefix in ("", "batching_"):
+        server[f"{prefix}throughput_ratio_c4_c1"] = (server[f"{prefix}throughput_c4_per_s"]
+                                                     / server[f"{prefix}throughput_c1_per_s"])
+    return ms, server
+
+
+def _throughput(targets, jpeg, count, rounds):
+    """Images per second of each server at concurrency 1 and 4: {prefix}throughput_c{n}_per_s
+    (median round) and {prefix}throughput_c{n}_rounds.
+
+    Throughput is the server's: predict_outputs leaves out the client's mask pasting, which on
+    this one machine would take the server's cores while the next request runs. Servers and
+    levels alternate over `rounds` rounds of `count` requests, so a drift in the machine's
+    speed hits all alike.
+    """
+    from mask_rcnn_tf.serving import MaskRCNNClient
+
+    rates = {(prefix, concurrency): [] for prefix in targets for concurrency in (1, 4)}
+    clients = {prefix: MaskRCNNClient(target, MODEL_NAME, timeout=600)
+               for prefix, target in targets.items()}
+    try:
+        for _ in range(rounds):
+            for prefix, concurrency in rates:
                 start = time.perf_counter()
                 with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-                    list(pool.map(lambda _: client.predict_outputs([jpeg]), range(count)))
-                rates[concurrency].append(count / (time.perf_counter() - start))
-    for concurrency, values in rates.items():
-        server[f"throughput_c{concurrency}_per_s"] = statistics.median(values)
-        server[f"throughput_c{concurrency}_rounds"] = values
-    server["latency_ratio_c1"] = server["grpc_latency_c1"] / ms["in_process_signature"]
-    server["throughput_ratio_c4_c1"] = (server["throughput_c4_per_s"]
-                                        / server["throughput_c1_per_s"])
-    return ms, server
+                    list(pool.map(lambda _: clients[prefix].predict_outputs([jpeg]),
+                                  range(count)))
+                rates[prefix, concurrency].append(count / (time.perf_counter() - start))
+    finally:
+        for client in clients.values():
+            client.close()
+    report = {}
+    for (prefix, concurrency), values in rates.items():
+        report[f"{prefix}throughput_c{concurrency}_per_s"] = statistics.median(values)
+        report[f"{prefix}throughput_c{concurrency}_rounds"] = values
+    return report
 
 
 def _mask_sizes(args, signatures, jpeg):
@@ -349,6 +386,8 @@ def timing_parser(doc):
 
 def main():
     parser = timing_parser(__doc__)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="throughput rounds (each level and server once per round)")
     args = parser.parse_args()
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     sys.path.insert(0, str(ROOT))
@@ -373,16 +412,23 @@ def main():
         signatures = {key: tf.saved_model.load(str(path / "1")).signatures["serving_default"]
                       for key, path in exports.items()}
         servers = {}
+        logs = {name: Path(scratch) / f"{name}_server.log" for name in ("plain", "batching")}
         try:
-            servers["plain"] = _start_server(exports[("float32", None)], args.threads)
+            with open(logs["plain"], "w") as plain_log, open(logs["batching"], "w") as log:
+                servers["plain"] = _start_server(exports[("float32", None)], args.threads,
+                                                 plain_log)
+                servers["batching"] = _start_server(exports[("float32", None)], args.threads,
+                                                    log, "--batching-parameters-file",
+                                                    BATCHING_FILE)
             _, target, rest_target = servers["plain"]
             report["profile_ms"], report["server"] = _profile(
                 args, config, models[("float32", None)], signatures[("float32", None)], jpeg,
-                target, rest_target)
+                target, rest_target, servers["batching"][1])
         finally:
             for process, _, _ in servers.values():
                 process.terminate()
                 process.wait()
+        report["server"]["batching_batch_sizes"] = _batch_sizes(logs["batching"])
         report["masks"] = _mask_sizes(
             args, {"png": signatures[("float32", "png")], "rle": signatures[("float32", "rle")]},
             jpeg)

@@ -117,6 +117,13 @@ def _parser():
     serve.add_argument("--max-concurrent-runs", type=int, default=1,
                        help="model runs at once; more requests wait (default 1: each run "
                             "already uses every core)")
+    serve.add_argument("--enable-batching", action="store_true",
+                       help="merge concurrent requests into batched model runs, as "
+                            "tensorflow_model_server's --enable_batching (TF Serving's defaults, "
+                            "or --batching-parameters-file)")
+    serve.add_argument("--batching-parameters-file",
+                       help="TF Serving's text-format BatchingParameters (e.g. "
+                            "serving/batching_parameters.txt); implies --enable-batching")
     serve.add_argument("--grace-seconds", type=float, default=10.0,
                        help="time given to requests in flight on SIGTERM")
 
@@ -237,13 +244,19 @@ def run(args):
                                   encoded_masks=args.encoded_masks, precision=args.precision)
         print(json.dumps({"export_dir": path}))
     elif args.command == "serve":
+        from mask_rcnn_tf.serving.batching import BatchingParameters, load_batching_parameters
         from mask_rcnn_tf.serving.server import serve
 
+        batching = None
+        if args.batching_parameters_file:
+            batching = load_batching_parameters(args.batching_parameters_file)
+        elif args.enable_batching:
+            batching = BatchingParameters()
         serve(args.model_base_path, args.model_name, host=args.host, port=args.port,
               max_workers=args.max_workers, grace_seconds=args.grace_seconds,
               rest_port=args.rest_port, intra_op_threads=args.intra_op_threads,
               inter_op_threads=args.inter_op_threads,
-              max_concurrent_runs=args.max_concurrent_runs)
+              max_concurrent_runs=args.max_concurrent_runs, batching=batching)
     elif args.command == "client":
         _client(args)
     elif args.command == "convert-torchvision":

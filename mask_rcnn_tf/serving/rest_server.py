@@ -28,7 +28,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from werkzeug.wrappers import Request, Response
 
 from mask_rcnn_tf.serving.json_tensors import BYTES_SUFFIX, from_json, to_json
-from mask_rcnn_tf.serving.servable import StatusError
+from mask_rcnn_tf.serving.status import StatusError
 from mask_rcnn_tf.serving.server import (SIGNATURE_DEF_FIELD, check_model_spec, model_metadata,
                                          model_status)
 from mask_rcnn_tf.serving.tensors import numpy_dtype

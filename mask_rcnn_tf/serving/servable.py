@@ -18,19 +18,12 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from mask_rcnn_tf.serving.batching import Batcher
+from mask_rcnn_tf.serving.status import StatusError
 from mask_rcnn_tf.serving.tensors import dtype_name, make_ndarray, make_tensor_proto, shape_of
 
 DEFAULT_SIGNATURE_KEY = "serving_default"
 _TRACE_HEADERS = ("Graph execution error", "Detected at node", "<stack traces", "Node:")
-
-
-class StatusError(Exception):
-    """A request failure with the gRPC status code the server answers it with."""
-
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def latest_version(base_path):
@@ -70,9 +63,11 @@ class Servable:
         max_concurrent_runs: int, model runs at once; further requests wait their turn. Each
             run already uses every intra-op thread, so two at once only share the cores and
             thrash their caches (server.py: default_threads).
+        batching: batching.BatchingParameters to merge concurrent requests into batched runs
+            (tensorflow_model_server's --enable_batching), or None to run each request alone.
     """
 
-    def __init__(self, name, version, path, max_concurrent_runs=1):
+    def __init__(self, name, version, path, max_concurrent_runs=1, batching=None):
         self.name = name
         self.version = version
         self.path = path
@@ -85,6 +80,15 @@ class Servable:
         self._loaded = tf.saved_model.load(path)
         self._functions = dict(self._loaded.signatures)
         self._run_slots = threading.BoundedSemaphore(max_concurrent_runs)
+        self.batcher = None
+        if batching is not None:
+            self.batcher = Batcher(self._run, batching, self._run_slots,
+                                   num_threads=max_concurrent_runs)
+
+    def close(self):
+        """Stops the batch threads, if any, after the queued requests have run."""
+        if self.batcher is not None:
+            self.batcher.close()
 
     def warm_up(self):
         """Runs the version's warm-up requests, as tensorflow_model_server does before serving.
@@ -155,15 +159,27 @@ class Servable:
             StatusError: with TF Serving's status code and a one-line message.
         """
         key, signature = self.signature(signature_name)
-        tensors = self._checked_inputs(key, signature, inputs, parse)
+        arrays = self._checked_inputs(key, signature, inputs, parse)
         output_names = self._output_names(signature, output_filter)
-        with self._run_slots:
-            try:
-                outputs = self._functions[key](**tensors)
-            except tf.errors.OpError as err:
-                raise StatusError(_status_code(err.error_code),
-                                  _error_line(err.message)) from None
-            return {name: np.asarray(outputs[name]) for name in output_names}
+        if self.batcher is not None:
+            # Requests with other outputs go to other batches, as TF Serving keys its queues.
+            outputs = self.batcher.submit((key, tuple(output_names)), arrays)
+        else:
+            with self._run_slots:
+                outputs = self._run((key, tuple(output_names)), arrays)
+        return {name: outputs[name] for name in output_names}
+
+    def _run(self, batch_key, arrays):
+        """Runs signature batch_key[0] on NumPy inputs; returns the outputs in batch_key[1]."""
+        key, output_names = batch_key
+        dtypes = {alias: info.dtype for alias, info in self.signature_defs[key].inputs.items()}
+        try:
+            outputs = self._functions[key](**{
+                alias: tf.constant(array, tf.dtypes.as_dtype(dtypes[alias]))
+                for alias, array in arrays.items()})
+        except tf.errors.OpError as err:
+            raise StatusError(_status_code(err.error_code), _error_line(err.message)) from None
+        return {name: np.asarray(outputs[name]) for name in output_names}
 
     def signature(self, signature_name):
         """(key, SignatureDef) of a servable signature; "" names serving_default.
@@ -178,7 +194,7 @@ class Servable:
         return key, self.signature_defs[key]
 
     def _checked_inputs(self, key, signature, request_inputs, parse):
-        """Request tensors as tf.Tensors of the signature's dtypes, keyed by input alias."""
+        """Request tensors as NumPy arrays checked against the signature, keyed by input alias."""
         sent, expected = set(request_inputs), set(signature.inputs)
         if len(sent) != len(expected):
             raise StatusError(
@@ -206,7 +222,7 @@ class Servable:
                 raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
                                   f"input '{alias}' of signature '{key}' is an empty batch: "
                                   f"send at least one image")
-            inputs[alias] = tf.constant(array, tf.dtypes.as_dtype(info.dtype))
+            inputs[alias] = array
         return inputs
 
     @staticmethod

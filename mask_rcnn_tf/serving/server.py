@@ -12,12 +12,14 @@ loads the model and replays its warm-up requests before it opens its port, allow
 2 GiB, runs requests in parallel (the loaded functions are thread-safe), and on SIGTERM or SIGINT
 lets the requests in flight finish (a grace period) before it exits. With --rest-port it also
 answers TF Serving's REST API (rest_server.py). It sizes TensorFlow's thread pools for the cores
-it may use and runs one model call at a time by default (default_threads). Not implemented:
-Classify, Regress, MultiInference, request batching, model config reloads and polling for new
-versions.
+it may use and runs one model call at a time by default (default_threads). With batching
+parameters it merges concurrent requests into batched runs as tensorflow_model_server's
+--enable_batching does (batching.py). Not implemented: Classify, Regress, MultiInference, model
+config reloads and polling for new versions.
 """
 
 import concurrent.futures
+import json
 import logging
 import os
 import signal
@@ -27,7 +29,8 @@ import grpc
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, prediction_service_pb2_grpc)
 
-from mask_rcnn_tf.serving.servable import Servable, StatusError, latest_version
+from mask_rcnn_tf.serving.servable import Servable, latest_version
+from mask_rcnn_tf.serving.status import StatusError
 
 logger = logging.getLogger("mask_rcnn_tf.serving")
 
@@ -209,7 +212,7 @@ def configure_threads(intra_op_threads=None, inter_op_threads=None):
 
 def serve(model_base_path, model_name, host="127.0.0.1", port=8500, max_workers=8,
           grace_seconds=10.0, rest_port=None, intra_op_threads=None, inter_op_threads=None,
-          max_concurrent_runs=1):
+          max_concurrent_runs=1, batching=None):
     """Loads the latest version under model_base_path, runs its warm-up requests, and serves it
     until SIGTERM or SIGINT.
 
@@ -226,6 +229,8 @@ def serve(model_base_path, model_name, host="127.0.0.1", port=8500, max_workers=
             only; 0 picks a free port (logged).
         intra_op_threads, inter_op_threads: int thread pool sizes; None: default_threads().
         max_concurrent_runs: int, model runs at once (more requests queue).
+        batching: batching.BatchingParameters to merge concurrent requests into batched runs;
+            None: each request runs alone.
     """
     from mask_rcnn_tf.serving.rest_server import start_rest_server
 
@@ -234,8 +239,11 @@ def serve(model_base_path, model_name, host="127.0.0.1", port=8500, max_workers=
     intra, inter = configure_threads(intra_op_threads, inter_op_threads)
     logger.info("TensorFlow threads: %d intra-op, %d inter-op; %d model run(s) at once", intra,
                 inter, max_concurrent_runs)
+    if batching is not None:
+        logger.info("batching requests: %s", batching)
     version, path = latest_version(model_base_path)
-    servable = Servable(model_name, version, path, max_concurrent_runs=max_concurrent_runs)
+    servable = Servable(model_name, version, path, max_concurrent_runs=max_concurrent_runs,
+                        batching=batching)
     logger.info("ran %d warm-up requests", servable.warm_up())
     server, bound_port = start_server(servable, host, port, max_workers)
     rest_server = None
@@ -257,6 +265,10 @@ def serve(model_base_path, model_name, host="127.0.0.1", port=8500, max_workers=
         if rest_server is not None:
             rest_server.shutdown()
         server.stop(grace_seconds).wait()
+        servable.close()
+        if servable.batcher is not None:
+            logger.info("batches run, {images: batches}: %s",
+                        json.dumps(dict(sorted(servable.batcher.batch_sizes.items()))))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
