@@ -59,16 +59,15 @@ def rpn_targets(anchors, gt_boxes, gt_valid, image_sizes=None, *, fg_iou_thresho
     batch = tf.shape(gt_boxes)[0]
     batched_anchors = tf.broadcast_to(anchors[None], [batch, tf.shape(anchors)[0], 4])
     iou = box_ops.box_iou(gt_boxes, batched_anchors)
+    visible = None
     if straddle_thresh is not None:
         # Invisible anchors are matched to nothing, so a ground truth at the image's edge
         # claims its best visible anchor (maskrcnn-benchmark matches first and then drops the
         # invisible ones, which can leave such an object without a positive).
         visible = visible_anchors(anchors, image_sizes, straddle_thresh)
-        iou = tf.where(visible[:, None], iou, -1.0)
     matched_gt, labels = matcher.match_boxes(
-        iou, gt_valid, fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=True)
-    if straddle_thresh is not None:
-        labels = tf.where(visible, labels, -1)
+        iou, gt_valid, fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=True,
+        candidate_valid=visible)
     indices, valid = sampling.sample_balanced(labels, num_samples, positive_fraction, seed=seed)
     sampled_labels = tf.gather(labels, indices, batch_dims=1)
     sampled_gt = tf.gather(gt_boxes, tf.gather(matched_gt, indices, batch_dims=1), batch_dims=1)
@@ -108,8 +107,8 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, *, fg
         proposal_valid = tf.concat([proposal_valid, gt_valid], axis=1)
     iou = box_ops.box_iou(gt_boxes, proposals)
     matched_gt, labels = matcher.match_boxes(
-        iou, gt_valid, fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=False)
-    labels = tf.where(proposal_valid, labels, -1)
+        iou, gt_valid, fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=False,
+        candidate_valid=proposal_valid)
     indices, valid = sampling.sample_balanced(labels, num_samples, positive_fraction, seed=seed)
     rois = tf.gather(proposals, indices, batch_dims=1)
     roi_matched = tf.gather(matched_gt, indices, batch_dims=1)

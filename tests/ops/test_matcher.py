@@ -77,6 +77,27 @@ def test_graph_mode_and_no_gt_rows():
     assert matched.shape == (2, 5) and not labels.numpy().any()
 
 
+@pytest.mark.parametrize("allow", [True, False])
+def test_invalid_candidates_are_left_out_of_the_matching(allow):
+    # Reference: match each image's valid candidates alone (so a gt claims its best *valid*
+    # candidate), then invalid ones get label -1 and matched_gt 0.
+    for seed in range(3):
+        iou, gt_valid = _random_case(seed)
+        candidate_valid = np.random.default_rng(seed + 10).random(iou.shape[::2]) < 0.6
+        matched, labels = match_boxes(iou, gt_valid, 0.7, 0.3, allow,
+                                      candidate_valid=candidate_valid)
+        for b in range(iou.shape[0]):
+            columns = np.flatnonzero(candidate_valid[b])
+            want_matched, want_labels = _reference(iou[b:b + 1][:, :, columns], gt_valid[b:b + 1],
+                                                   0.7, 0.3, allow)
+            np.testing.assert_array_equal(labels.numpy()[b, columns], want_labels[0])
+            np.testing.assert_array_equal(matched.numpy()[b, columns], want_matched[0])
+            assert np.all(labels.numpy()[b, ~candidate_valid[b]] == -1)
+    _, labels = match_boxes(np.zeros((1, 0, 3), np.float32), np.zeros((1, 0), bool), 0.7, 0.3,
+                            allow, candidate_valid=np.array([[True, False, True]]))
+    np.testing.assert_array_equal(labels.numpy(), [[0, -1, 0]])
+
+
 def test_bad_thresholds_raise():
     with pytest.raises(ValueError, match="low_threshold"):
         match_boxes(np.zeros((1, 1, 1), np.float32), np.ones((1, 1), bool), 0.3, 0.7, False)
