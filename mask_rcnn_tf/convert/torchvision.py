@@ -29,6 +29,8 @@ import re
 
 import numpy as np
 
+from mask_rcnn_tf.weights.io import PARTS, mismatch_summary
+
 # BatchNorm2d's step counter (present when torchvision builds its backbone without
 # FrozenBatchNorm2d) carries no weight.
 _IGNORED_SUFFIXES = (".num_batches_tracked",)
@@ -45,8 +47,8 @@ _NORM_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
 # Delta order per anchor / class: ours (dy, dx, dh, dw) reads torchvision's (dx, dy, dw, dh)
 # at these positions.
 _DELTA_ORDER = np.array([1, 0, 3, 2])
-_MAX_LISTED = 12
-_COMPONENTS = ("backbone", "fpn", "rpn_head", "box_head", "mask_head", "keypoint_head")
+# Names an error message shows per list of misfitting weights.
+MAX_LISTED = 12
 # torchvision's COCO models have 91 outputs indexed by COCO category id (0 background, 11 ids
 # unused); this project numbers the 80 categories 1..80 in id order (data/coco.py).
 COCO_CATEGORY_IDS = (
@@ -222,12 +224,6 @@ def _canonical_keys(state_dict):
     return renamed
 
 
-def _listing(label, items):
-    shown = ", ".join(items[:_MAX_LISTED])
-    more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-    return f"{len(items)} {label}: {shown}{more}"
-
-
 def torchvision_weights(model, state_dict, source="state dict", classes=None, allow_missing=()):
     """Maps a torchvision Mask R-CNN state dict onto `model`'s weights, checking every tensor.
 
@@ -257,7 +253,7 @@ def torchvision_weights(model, state_dict, source="state dict", classes=None, al
         raise ValueError(f"classes must start with background 0 and keep a class, got {classes}")
     head_rules = _head_rules(int(model.box_roi_align.output_size), classes)
     pairs, missing, mismatched, used = [], [], [], set()
-    for component in _COMPONENTS:
+    for component in PARTS:
         layer = getattr(model, component, None)
         if layer is None:
             continue
@@ -288,14 +284,12 @@ def torchvision_weights(model, state_dict, source="state dict", classes=None, al
     unexpected = sorted(k for k in tensors
                         if k not in used and not k.endswith(_IGNORED_SUFFIXES))
     if missing or unexpected or mismatched:
-        problems = [_listing(label, items) for label, items in
-                    (("missing", missing), ("unexpected", unexpected),
-                     ("mis-shaped", mismatched)) if items]
         hint = ""
         if not pairs and not mismatched:
             hint = "not a torchvision Mask R-CNN state dict? "
         raise CheckpointError(
-            f"{source}: {hint}checkpoint does not fit the model: " + "; ".join(problems),
+            f"{source}: {hint}checkpoint does not fit the model: "
+            + mismatch_summary(missing, unexpected, mismatched, MAX_LISTED),
             missing, unexpected, mismatched)
     return pairs
 

@@ -16,11 +16,12 @@ import numpy as np
 
 from mask_rcnn_tf.convert.torchvision import (
     _NORM_NAMES,
+    MAX_LISTED,
     CheckpointError,
     _backbone_key,
     _conv,
-    _listing,
 )
+from mask_rcnn_tf.weights.io import mismatch_summary, write_backbone_file
 
 logger = logging.getLogger("mask_rcnn_tf.convert")
 
@@ -107,11 +108,9 @@ def classification_backbone_tensors(state_dict, source):
     unexpected = sorted(k for k in state_dict
                         if k not in used and not k.endswith(".num_batches_tracked"))
     if missing or unexpected or mismatched:
-        problems = [_listing(label, items) for label, items in
-                    (("missing", missing), ("unexpected", unexpected),
-                     ("mis-shaped", mismatched)) if items]
         raise CheckpointError(f"{source}: not a torchvision ResNet classifier: "
-                              + "; ".join(problems), missing, unexpected, mismatched)
+                              + mismatch_summary(missing, unexpected, mismatched, MAX_LISTED),
+                              missing, unexpected, mismatched)
     dropped = [key for key in _CLASSIFIER if key in state_dict]
     logger.info("%s: ResNet-%d (groups %d, width per group %d) ImageNet classifier: %d backbone "
                 "tensors kept, classifier %s dropped", source, architecture["depth"],
@@ -129,7 +128,6 @@ def convert_classification_checkpoint(state_dict, source, output):
       dict "output", "kind": "backbone", "tensors" (count) and the architecture.
     """
     from mask_rcnn_tf.io_utils import atomic_path
-    from mask_rcnn_tf.weights.io import write_backbone_file
 
     tensors, attributes = classification_backbone_tensors(state_dict, source)
     with atomic_path(os.fspath(output)) as temp_path:

@@ -23,6 +23,8 @@ import numpy as np
 
 from mask_rcnn_tf.weights.io import (
     BACKBONE_ATTRIBUTES,
+    PARTS,
+    mismatch_summary,
     one_line,
     read_backbone_file,
     strict_load_weights,
@@ -31,8 +33,6 @@ from mask_rcnn_tf.weights.io import (
 
 logger = logging.getLogger("mask_rcnn_tf.weights")
 
-# The model's parts holding weights (MaskRCNN attributes), in the order of the network.
-PARTS = ("backbone", "fpn", "rpn_head", "box_head", "mask_head", "keypoint_head")
 SCOPES = {"backbone": ("backbone",), "backbone+fpn": ("backbone", "fpn"), "all": PARTS}
 # "<part>/<layer>" of the layers whose shape follows model.num_classes or the keypoint count.
 CLASS_SPECIFIC = ("box_head/class_logits", "box_head/box_deltas", "mask_head/logits",
@@ -214,11 +214,6 @@ def _check_backbone(init, config):
                        {k: actual[k] for k in differs})
 
 
-def _listing(items):
-    more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-    return ", ".join(items[:_MAX_LISTED]) + more
-
-
 def apply_init_weights(model, init, config):
     """Sets `model`'s weights from `init` within `train.init_scope`; logs what was loaded.
 
@@ -263,11 +258,8 @@ def apply_init_weights(model, init, config):
                 report[part]["loaded"] += 1
     unexpected = sorted(k for k in init.tensors if k.split("/")[0] in parts and k not in used)
     if missing or unexpected or mismatched:
-        problems = [f"{len(items)} {label}: {_listing(items)}" for label, items in
-                    (("missing", missing), ("unexpected", unexpected),
-                     ("mis-shaped", mismatched)) if items]
         raise _error(init.path, "does not fit the model (another architecture or depth?): "
-                                + "; ".join(problems))
+                                + mismatch_summary(missing, unexpected, mismatched, _MAX_LISTED))
     for variable, value in pairs:
         variable.assign(value)
     _log_report(init, scope, report)

@@ -19,6 +19,9 @@ import warnings
 import numpy as np
 
 WEIGHTS_NAME = "model.weights.h5"
+# The model's parts holding weights (MaskRCNN attributes, the first part of a weight_key), in
+# the order of the network.
+PARTS = ("backbone", "fpn", "rpn_head", "box_head", "mask_head", "keypoint_head")
 BACKBONE_FORMAT = "mask_rcnn_tf/backbone/1"
 # Architecture attributes of a backbone file, compared with model.backbone before loading.
 BACKBONE_ATTRIBUTES = ("depth", "groups", "width_per_group", "base_width", "stride_in_1x1")
@@ -126,6 +129,25 @@ def load_model_weights(model, model_dir=None, weights=None):
       FileNotFoundError: no checkpoint in `model_dir`, or `weights` does not exist.
     """
     return load_weights_file(model, resolve_weights(model_dir, weights))
+
+
+def mismatch_summary(missing, unexpected, mismatched, limit):
+    """One line on weights that do not fit a model, for an error message.
+
+    Args:
+        missing, unexpected, mismatched: lists of str (weight names, or "name shape -> ...").
+        limit: int, names shown per list; the rest are counted.
+
+    Returns:
+        str, e.g. "2 missing: a, b; 14 unexpected: c, d, ... (+12 more)"; empty lists left out.
+    """
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected),
+                         ("mis-shaped", mismatched)):
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            problems.append(f"{len(items)} {label}: {', '.join(items[:limit])}{more}")
+    return "; ".join(problems)
 
 
 def weight_key(variable):
