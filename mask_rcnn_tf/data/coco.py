@@ -81,6 +81,12 @@ class CocoDataset:
         return len(self.categories)
 
     @property
+    def label_schema(self):
+        """The LabelSchema a model trained on this dataset names its classes and keypoints by."""
+        return LabelSchema(annotations_path=self.annotations_path, categories=self.categories,
+                           keypoint_names=self.keypoint_names, skeleton=self.skeleton)
+
+    @property
     def num_images(self):
         """Number of images (records)."""
         return len(self.records)

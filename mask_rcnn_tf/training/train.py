@@ -9,7 +9,6 @@ import keras
 import yaml
 
 from mask_rcnn_tf.config import Config, ConfigError, TrainConfig, to_dict
-from mask_rcnn_tf.data.coco import LabelSchema
 from mask_rcnn_tf.data.input_errors import naming_input_errors
 from mask_rcnn_tf.data.inputs import load_split, make_training_input
 from mask_rcnn_tf.io_utils import atomic_path
@@ -30,20 +29,24 @@ logger = logging.getLogger("mask_rcnn_tf.training")
 FINAL_WEIGHTS = "model.weights.h5"
 
 
+def batch_scale(config: TrainConfig, num_replicas: int) -> float:
+    """k = batch_size * num_replicas / reference_batch_size (reference null: batch_size)."""
+    return config.batch_size * num_replicas / (config.reference_batch_size or config.batch_size)
+
+
 def scaled_learning_rate(config: TrainConfig, num_replicas: int) -> tuple[float, int]:
     """Learning rate and warm-up length for the global batch of `num_replicas` replicas.
 
-    Linear scaling (Goyal et al. 2017; Detectron2's reference world size): with
-    k = batch_size * num_replicas / reference_batch_size (reference null: batch_size), the
-    rate is learning_rate * k and the warm-up lasts round(warmup_steps / k) steps, the same
-    number of images. Without `scale_lr`, or when k is 1, both are the configured values.
+    Linear scaling (Goyal et al. 2017; Detectron2's reference world size): with k =
+    batch_scale(config, num_replicas), the rate is learning_rate * k and the warm-up lasts
+    round(warmup_steps / k) steps, the same number of images. Without `scale_lr`, or when k is 1, both are the configured values.
 
     Returns:
       (learning_rate, warmup_steps).
     """
     if not config.scale_lr:
         return config.learning_rate, config.warmup_steps
-    factor = config.batch_size * num_replicas / (config.reference_batch_size or config.batch_size)
+    factor = batch_scale(config, num_replicas)
     return config.learning_rate * factor, round(config.warmup_steps / factor)
 
 
@@ -70,7 +73,7 @@ def scaled_schedule(config: TrainConfig, num_replicas: int) -> ScaledSchedule:
     learning_rate, warmup_steps = scaled_learning_rate(config, num_replicas)
     if not (config.scale_lr and config.scale_schedule and config.reference_batch_size):
         return ScaledSchedule(learning_rate, warmup_steps, config.steps, config.milestones)
-    factor = config.batch_size * num_replicas / config.reference_batch_size
+    factor = batch_scale(config, num_replicas)
     return ScaledSchedule(learning_rate, warmup_steps, max(1, round(config.steps / factor)),
                           tuple(max(1, round(m / factor)) for m in config.milestones))
 
@@ -182,9 +185,7 @@ def train(config: Config, model_dir: str | Path, verbose: int | str = "auto") ->
             store = CheckpointStore(output_dir, model, model.optimizer, keep_last=1)
         with atomic_path(output_dir / "config.yaml") as tmp:
             Path(tmp).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-        write_label_schema(output_dir / SCHEMA_NAME, LabelSchema(
-            train_data.annotations_path, train_data.categories, train_data.keypoint_names,
-            train_data.skeleton))
+        write_label_schema(output_dir / SCHEMA_NAME, train_data.label_schema)
         callbacks = callback_lib.make_callbacks(
             store, log_dir=output_dir / "logs", evaluate_fn=evaluate_fn,
             eval_every_epochs=config.train.eval_every_epochs)
