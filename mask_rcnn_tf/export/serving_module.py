@@ -49,7 +49,7 @@ masks are pasted with the unclipped box, as evaluation does.
 
 import tensorflow as tf
 
-from mask_rcnn_tf.data.pipeline import pad_to_multiple, preprocess_image
+from mask_rcnn_tf.data.pipeline import padded_size, preprocess_image
 from mask_rcnn_tf.export import mask_encoding, postprocess
 from mask_rcnn_tf.ops import keypoint_ops
 from mask_rcnn_tf.ops.box_ops import clip_boxes
@@ -195,8 +195,11 @@ class ServingModule:
             fn_output_signature=(image_spec, tf.TensorSpec([2], tf.float32),
                                  tf.TensorSpec([], tf.float32), tf.TensorSpec([2], tf.int32)))
         if pad is None:
-            # The request's largest resized image, rounded up: zeros (the mean) elsewhere.
-            padded = pad_to_multiple(padded.to_tensor(), self.size_divisibility)
+            # The request's largest resized image, rounded up: zeros (the mean) elsewhere,
+            # written in one copy from the ragged batch.
+            bounds = tf.cast(padded.bounding_shape(), tf.int32)
+            target = padded_size(bounds[None, 1:3], self.size_divisibility)
+            padded = padded.to_tensor(shape=tf.stack([bounds[0], target[0], target[1], 3]))
         detections = self.model({"images": padded, "image_sizes": resized_sizes}, training=False)
         num = detections["num_detections"]
         boxes = postprocess.to_original_frame(detections["detection_boxes"], scales, num)
