@@ -148,9 +148,18 @@ class _Task:
     """One request waiting in the queue: its inputs, and where its answer goes."""
 
     def __init__(self, key, inputs):
+        sizes = {array.shape[0] if array.ndim else None for array in inputs.values()}
+        if None in sizes:
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                              "Batching session Run() input tensors must have at least one "
+                              "dimension")
+        if len(sizes) != 1:
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"Batching session Run() input tensors must have equal "
+                              f"0th-dimension size, got {sorted(sizes)}")
         self.key = key
         self.inputs = inputs
-        self.size = len(next(iter(inputs.values())))
+        self.size = sizes.pop()
         self.enqueued = time.monotonic()
         self.done = threading.Event()
         self.outputs = None

@@ -141,6 +141,16 @@ def test_oversized_request_and_full_queue_are_refused_with_tf_servings_codes():
         future.result(WAIT)
 
 
+def test_inputs_without_a_common_batch_dimension_are_refused():
+    batcher = make_batcher(RecordingRun(hold_first=False), max_batch_size=4)
+    for inputs in ({"x": np.float32(1.0)}, {"x": np.zeros(2), "z": np.zeros(3)}):
+        with pytest.raises(StatusError) as info:
+            batcher.submit("k", inputs)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Batching session Run() input tensors must have" in info.value.message
+    batcher.close()
+
+
 def test_a_failing_run_fails_every_request_of_its_batch():
     def run(key, inputs):
         raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "bad image")
