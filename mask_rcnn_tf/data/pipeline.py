@@ -245,6 +245,26 @@ def decode_image_named(data, name):
         return tf.io.decode_image(data, channels=3, expand_animations=False)
 
 
+def decode_image_of_size(data, name, size, source):
+    """decode_image_named, checked against the size its annotations give.
+
+    Args:
+        data, name: as decode_image_named.
+        size: int32 [2], (h, w) the annotations give.
+        source: str naming where `size` came from, for the error.
+
+    Returns:
+        uint8 [h, w, 3] RGB; running it fails naming the file if the decoded size differs
+        (annotations read against the wrong images would otherwise train on misplaced masks).
+    """
+    image = decode_image_named(data, name)
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(tf.shape(image)[:2], size)),
+        [name, "image size (h, w)", tf.shape(image)[:2], f"differs from {source}", size])
+    with tf.control_dependencies([check]):
+        return tf.identity(image)
+
+
 def decode_json_record(record):
     """Reads and decodes one record of `_record_tensors` (the annotations + images path).
 
@@ -253,13 +273,9 @@ def decode_json_record(record):
         "boxes" float32 [n, 4] yxyx original pixels, "classes" int32 [n], "masks" uint8
         [n, h, w] full-image masks and, with keypoints, "keypoints" float32 [n, Kp, 3].
     """
-    image = decode_image_named(tf.io.read_file(record["path"]), record["path"])
-    check = tf.debugging.Assert(
-        tf.reduce_all(tf.equal(tf.shape(image)[:2], record["size"])),
-        [record["path"], "image size (h, w)", tf.shape(image)[:2],
-         "differs from height, width in the annotations file", record["size"]])
-    with tf.control_dependencies([check]):
-        masks = decode_rle_masks(record["mask_counts"], record["size"][0], record["size"][1])
+    image = decode_image_of_size(tf.io.read_file(record["path"]), record["path"], record["size"],
+                                 "height, width in the annotations file")
+    masks = decode_rle_masks(record["mask_counts"], record["size"][0], record["size"][1])
     decoded = {key: record[key] for key in ("image_id", "boxes", "classes", "keypoints")
                if key in record}
     return dict(decoded, image=image, masks=masks)

@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from mask_rcnn_tf.data.coco import LabelSchema
-from mask_rcnn_tf.data.pipeline import decode_image_named, decode_rle_masks
+from mask_rcnn_tf.data.pipeline import decode_image_of_size, decode_rle_masks
 
 MANIFEST_SUFFIX = ".manifest.json"
 _SHARD_NAME = re.compile(r"-(\d{5})-of-(\d{5})\.tfrecord$")
@@ -138,14 +138,10 @@ def parse_example(serialized, num_keypoints, max_instances):
     keep = tf.where(tf.equal(dense["object/is_crowd"], 0))[:max_instances, 0]
     size = tf.cast(tf.stack([features["image/height"], features["image/width"]]), tf.int32)
     name = features["image/filename"]
-    image = decode_image_named(features["image/encoded"], name)
-    check = tf.debugging.Assert(
-        tf.reduce_all(tf.equal(tf.shape(image)[:2], size)),
-        [name, "image size (h, w)", tf.shape(image)[:2], "differs from the shard's", size])
+    image = decode_image_of_size(features["image/encoded"], name, size, "the shard's")
     runs = tf.RaggedTensor.from_row_lengths(dense["object/mask_runs"],
                                             dense["object/mask_num_runs"])
-    with tf.control_dependencies([check]):
-        masks = decode_rle_masks(tf.cast(tf.gather(runs, keep), tf.int32), size[0], size[1])
+    masks = decode_rle_masks(tf.cast(tf.gather(runs, keep), tf.int32), size[0], size[1])
     record = {
         "image": image,
         "image_id": features["image/id"],

@@ -202,3 +202,18 @@ def test_rejects_pad_size_that_is_not_a_multiple_of_32(two_images):
     with pytest.raises(ValueError, match="pad_size must be a multiple of 32 and >= max_size=120"):
         build_dataset(two_images, training=False, batch_size=1, min_size=80, max_size=120,
                       pad_size=130, max_instances=4, mask_crop_size=14)
+
+
+def test_decoded_image_of_another_size_than_its_annotations_is_named():
+    import io
+
+    from mask_rcnn_tf.data.pipeline import decode_image_of_size
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((4, 6, 3), 9, np.uint8)).save(buffer, format="PNG")
+    data = tf.constant(buffer.getvalue())
+    image = decode_image_of_size(data, tf.constant("a/b.png"), tf.constant([4, 6]), "the shard's")
+    np.testing.assert_array_equal(image.numpy(), np.full((4, 6, 3), 9, np.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=(
+            r"(?s)a/b.png.*image size \(h, w\).*4, 6.*differs from the shard's.*4, 5")):
+        decode_image_of_size(data, tf.constant("a/b.png"), tf.constant([4, 5]), "the shard's")
