@@ -6,8 +6,8 @@ process on the same 800 x 1333 JPEG repeated to batches of each size, ms per ima
 
 Model and image as served_path.py (R-50-FPN, random weights, score threshold 0); batch sizes
 alternate within each of --runs rounds, so a drift in the machine's speed hits all alike; the
-median round is reported. This is what request batching (`mask-rcnn serve
---batching-parameters-file`) saves when requests queue: pick max_batch_size from it.
+median round is reported. This is what request batching (`mask-rcnn serve --enable-batching`)
+saves when requests queue: pick max_batch_size from it.
 """
 
 import os

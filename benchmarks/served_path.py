@@ -22,7 +22,8 @@ smoke test of the script. Everything runs with --threads intra-op threads; the d
    which would compete with the server for the same cores), 2 x --runs requests per level,
    levels alternating over --rounds rounds, median round. The same (keys batching_*) for a
    second dev server that merges concurrent requests with serving/batching_parameters.txt
-   (`--batching-parameters-file`, as tensorflow_model_server's --enable_batching), and the
+   (`--enable-batching --batching-parameters-file`, as tensorflow_model_server's
+   --enable_batching), and the
    batch sizes it ran (batching_batch_sizes, {images: batches}, warm-up included).
 3. masks: for 100 detections, the response bytes (the PredictResponse the server sends, typed
    fields) and client decode ms with 28 x 28 masks, detection_masks_full (uint8) and
@@ -418,7 +419,8 @@ def main():
                 servers["plain"] = _start_server(exports[("float32", None)], args.threads,
                                                  plain_log)
                 servers["batching"] = _start_server(exports[("float32", None)], args.threads,
-                                                    log, "--batching-parameters-file",
+                                                    log, "--enable-batching",
+                                                    "--batching-parameters-file",
                                                     BATCHING_FILE)
             _, target, rest_target = servers["plain"]
             report["profile_ms"], report["server"] = _profile(

@@ -122,8 +122,8 @@ def _parser():
                             "tensorflow_model_server's --enable_batching (TF Serving's defaults, "
                             "or --batching-parameters-file)")
     serve.add_argument("--batching-parameters-file",
-                       help="TF Serving's text-format BatchingParameters (e.g. "
-                            "serving/batching_parameters.txt); implies --enable-batching")
+                       help="with --enable-batching: TF Serving's text-format "
+                            "BatchingParameters (e.g. serving/batching_parameters.txt)")
     serve.add_argument("--grace-seconds", type=float, default=10.0,
                        help="time given to requests in flight on SIGTERM")
 
@@ -244,9 +244,13 @@ def run(args):
                                   encoded_masks=args.encoded_masks, precision=args.precision)
         print(json.dumps({"export_dir": path}))
     elif args.command == "serve":
-        from mask_rcnn_tf.serving.batching import BatchingParameters, load_batching_parameters
+        from mask_rcnn_tf.serving.batching_parameters import (BatchingParameters,
+                                                              load_batching_parameters)
         from mask_rcnn_tf.serving.server import serve
 
+        if args.batching_parameters_file and not args.enable_batching:
+            # tensorflow_model_server refuses this combination too.
+            raise ValueError("--batching-parameters-file is set without --enable-batching")
         batching = None
         if args.batching_parameters_file:
             batching = load_batching_parameters(args.batching_parameters_file)

@@ -2,168 +2,65 @@
 
 Concurrent requests to one signature with the same outputs are merged along the 0th dimension
 into one model run, and each gets its own rows back. On 2 CPU cores an R-50-FPN run of 4
-images of 800 x 1333 costs about 10% less per image than four runs of one
-(benchmarks/README.md, the served path), so merged requests raise throughput.
+images of 800 x 1333 costs about 13% less per image than four runs of one
+(benchmarks/README.md, request batching), so requests that queue behind a run go faster
+together.
 
-The parameters are TF Serving's `--batching_parameters_file` (a text-format
-tensorflow.serving.BatchingParameters), read with protobuf's own text parser, so the file the
-production server uses (serving/batching_parameters.txt) works here unchanged. Semantics follow
-TF Serving's shared batch scheduler and batching session: a batch is formed when its images
-reach max_batch_size or its oldest request has waited batch_timeout_micros; a request of more
-images than max_batch_size is refused (INVALID_ARGUMENT); a full queue answers UNAVAILABLE; a
-batch is padded up to the next allowed_batch_sizes entry with copies of its first row; inputs
-that differ beyond the 0th dimension, or an output without the batch as its 0th dimension, fail
-their batch (FAILED_PRECONDITION); a failing run fails every request of its batch.
+The rules are TF Serving's shared batch scheduler and batching session, with the parameters of
+batching_parameters.py: each signature (and set of outputs) has a queue of batches; a request
+joins the open batch if it fits in max_batch_size rows, else opens the next one, refused with
+UNAVAILABLE when max_enqueued_batches are waiting; a batch runs when it is closed (full, or a
+later one was opened) or its first request has waited batch_timeout_micros; a request of more
+rows than max_batch_size is refused (INVALID_ARGUMENT); a batch is padded up to the next
+allowed_batch_sizes entry with copies of a row; inputs that differ beyond the 0th dimension, or
+an output without the batch as its 0th dimension, fail their batch (FAILED_PRECONDITION); a
+failing run fails every request of its batch. Status messages are TF Serving's where a client
+could match on them.
 """
 
 import collections
-import dataclasses
 import logging
 import threading
 import time
 
 import grpc
 import numpy as np
-from google.protobuf import (descriptor_pb2, descriptor_pool, message_factory, text_format,
-                             wrappers_pb2)
 
 from mask_rcnn_tf.serving.status import StatusError
 
 logger = logging.getLogger("mask_rcnn_tf.serving")
 
-# The fields of tensorflow_serving/servables/tensorflow/session_bundle_config.proto's
-# BatchingParameters this server implements: (name, field number, type).
-_INT64 = ".google.protobuf.Int64Value"
-_FIELDS = (("max_batch_size", 1, _INT64), ("batch_timeout_micros", 2, _INT64),
-           ("max_enqueued_batches", 3, _INT64), ("num_batch_threads", 4, _INT64),
-           ("thread_pool_name", 5, ".google.protobuf.StringValue"),
-           ("allowed_batch_sizes", 6, None), ("pad_variable_length_inputs", 7, None))
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchingParameters:
-    """How requests are merged; the defaults are TF Serving's when a field is left out.
-
-    Attributes:
-        max_batch_size: int, images (0th-dimension rows) in one run at most.
-        batch_timeout_micros: int, how long the oldest request of a batch waits for others
-            before the batch runs below max_batch_size; 0: run with whatever is queued.
-        max_enqueued_batches: int, the queue holds this many full batches of images; further
-            requests are refused with UNAVAILABLE.
-        num_batch_threads: int, batches run at once (the server's --max-concurrent-runs caps it
-            too); None: as many as --max-concurrent-runs.
-        thread_pool_name: str, the batch threads' name prefix.
-        allowed_batch_sizes: tuple of int, increasing, the last equal to max_batch_size; a batch
-            is padded up to the next of them. Empty: any size.
-    """
-
-    max_batch_size: int = 1000
-    batch_timeout_micros: int = 0
-    max_enqueued_batches: int = 10
-    num_batch_threads: int | None = None
-    thread_pool_name: str = "batch_threads"
-    allowed_batch_sizes: tuple = ()
-
-    def __post_init__(self):
-        for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"batching parameter {name} must be at least 1, got {value}")
-        if self.batch_timeout_micros < 0:
-            raise ValueError(f"batching parameter batch_timeout_micros must be at least 0, got "
-                             f"{self.batch_timeout_micros}")
-        sizes = list(self.allowed_batch_sizes)
-        if sizes and (sizes != sorted(set(sizes)) or sizes[0] < 1
-                      or sizes[-1] != self.max_batch_size):
-            raise ValueError(f"batching parameter allowed_batch_sizes must increase and end at "
-                             f"max_batch_size ({self.max_batch_size}), got {sizes}")
-
-
-def _message_class():
-    """The BatchingParameters protobuf message class, built from its field list.
-
-    tensorflow-serving-api ships the API protos but not session_bundle_config.proto.
-    """
-    file = descriptor_pb2.FileDescriptorProto(
-        name="mask_rcnn_tf/serving/batching_parameters.proto", package="tensorflow.serving",
-        syntax="proto3", dependency=[wrappers_pb2.DESCRIPTOR.name])
-    message = file.message_type.add(name="BatchingParameters")
-    field_type = descriptor_pb2.FieldDescriptorProto
-    for name, number, type_name in _FIELDS:
-        field = message.field.add(name=name, number=number, label=field_type.LABEL_OPTIONAL)
-        if type_name:
-            field.type, field.type_name = field_type.TYPE_MESSAGE, type_name
-        elif name == "allowed_batch_sizes":
-            field.type, field.label = field_type.TYPE_INT64, field_type.LABEL_REPEATED
-        else:
-            field.type = field_type.TYPE_BOOL
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    pool.Add(file)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
-
-
-def load_batching_parameters(path):
-    """Reads a TF Serving batching parameters file (text-format BatchingParameters).
-
-    Args:
-        path: str or os.PathLike.
-
-    Returns:
-        BatchingParameters, with TF Serving's defaults for the fields left out.
-
-    Raises:
-        OSError: the file cannot be read.
-        ValueError: naming the file: text that does not parse, a field this server does not
-            implement, a value out of range, or pad_variable_length_inputs: true.
-    """
-    with open(path) as f:
-        text = f.read()
-    proto = _message_class()()
-    try:
-        text_format.Parse(text, proto)
-    except text_format.ParseError as err:
-        raise ValueError(f"{path}: {err} (mask-rcnn serve reads "
-                         f"{', '.join(name for name, _, _ in _FIELDS)})") from None
-    if proto.pad_variable_length_inputs:
-        # The server would pad uint8 images of different sizes with zeros, and serving_tensor,
-        # which takes each image's size from its tensor, would detect in the padding.
-        raise ValueError(f"{path}: pad_variable_length_inputs: true is not supported (it would "
-                         f"pad serving_tensor's images with black borders the model takes for "
-                         f"image content; see serving/batching_parameters.txt)")
-    values = {name: getattr(proto, name).value for name, _, type_name in _FIELDS
-              if type_name and proto.HasField(name)}
-    if proto.allowed_batch_sizes:
-        values["allowed_batch_sizes"] = tuple(proto.allowed_batch_sizes)
-    try:
-        return BatchingParameters(**values)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
-
 
 class _Task:
     """One request waiting in the queue: its inputs, and where its answer goes."""
 
-    def __init__(self, key, inputs):
+    def __init__(self, inputs):
         sizes = {array.shape[0] if array.ndim else None for array in inputs.values()}
         if None in sizes:
             raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
-                              "Batching session Run() input tensors must have at least one "
-                              "dimension")
+                              "Batching Run() input tensors must have at least one dimension")
         if len(sizes) != 1:
             raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"Batching session Run() input tensors must have equal "
-                              f"0th-dimension size, got {sorted(sizes)}")
-        self.key = key
+                              "Batching Run() input tensors must have equal 0th-dimension size")
         self.inputs = inputs
         self.size = sizes.pop()
-        self.enqueued = time.monotonic()
         self.done = threading.Event()
         self.outputs = None
         self.error = None
+
+    def fail(self, code, message):
+        self.error = StatusError(code, message)
+        self.done.set()
+
+
+class _Batch:
+    """Tasks of one key that run together, oldest first."""
+
+    def __init__(self, key, task):
+        self.key = key
+        self.tasks = [task]
+        self.rows = task.size
+        self.opened = time.monotonic()
 
 
 class Batcher:
@@ -173,25 +70,24 @@ class Batcher:
         run: run(key, inputs) -> dict of output name to NumPy array whose 0th dimension is the
             batch; key is the key the requests were submitted under; inputs maps each input
             alias to a NumPy array. Raises StatusError (or anything) for a failed run.
-        parameters: BatchingParameters.
-        run_slots: threading semaphore a batch thread holds while it forms and runs a batch,
-            so batches are formed only when a run can start.
-        num_threads: int, batch threads when parameters.num_batch_threads is None.
+        parameters: batching_parameters.BatchingParameters.
+        run_slots: threading semaphore a batch thread holds while it picks and runs a batch,
+            so a batch is picked only when a run can start and requests keep joining it while
+            the model is busy.
+        num_threads: int, batch threads (at most the run slots: more would only wait).
     """
 
     def __init__(self, run, parameters, run_slots, num_threads=1):
         self._run = run
         self._parameters = parameters
         self._run_slots = run_slots
-        self._queue = collections.deque()
-        self._queued_rows = collections.Counter()  # per key
+        self._queues = {}  # key -> deque of _Batch, oldest first
         self._changed = threading.Condition()
         self._closed = False
         self.batch_sizes = collections.Counter()  # rows run (padding excluded) -> batches
-        count = parameters.num_batch_threads or num_threads
         self._threads = [threading.Thread(target=self._work, daemon=True,
                                           name=f"{parameters.thread_pool_name}_{i}")
-                         for i in range(count)]
+                         for i in range(num_threads)]
         for thread in self._threads:
             thread.start()
 
@@ -207,10 +103,11 @@ class Batcher:
             dict of output name to this request's rows.
 
         Raises:
-            StatusError: INVALID_ARGUMENT for a request larger than max_batch_size,
-                UNAVAILABLE for a full queue or a closed batcher, or the run's error.
+            StatusError: INVALID_ARGUMENT for a request larger than max_batch_size or inputs
+                without a common 0th dimension, UNAVAILABLE for a full queue or a closed
+                batcher, or the run's error.
         """
-        task = _Task(key, inputs)
+        task = _Task(inputs)
         limit = self._parameters.max_batch_size
         if task.size > limit:
             raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -219,12 +116,16 @@ class Batcher:
         with self._changed:
             if self._closed:
                 raise StatusError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-            if self._queued_rows[key] + task.size > limit * self._parameters.max_enqueued_batches:
+            batches = self._queues.setdefault(key, collections.deque())
+            if batches and batches[-1].rows + task.size <= limit:
+                batches[-1].tasks.append(task)
+                batches[-1].rows += task.size
+            elif len(batches) >= self._parameters.max_enqueued_batches:
                 raise StatusError(grpc.StatusCode.UNAVAILABLE,
-                                  "The batch scheduling queue to which this session was "
-                                  "submitted is full")
-            self._queue.append(task)
-            self._queued_rows[key] += task.size
+                                  "The batch scheduling queue to which this task was submitted "
+                                  "is full")
+            else:
+                batches.append(_Batch(key, task))
             self._changed.notify_all()
         task.done.wait()
         if task.error is not None:
@@ -232,9 +133,16 @@ class Batcher:
         return task.outputs
 
     def close(self):
-        """Stops the batch threads once the queue is empty; later submits get UNAVAILABLE."""
+        """Fails the requests still queued with UNAVAILABLE, lets the running batches finish
+        and stops the batch threads; later submits get UNAVAILABLE. Called after the server's
+        grace period, when nobody waits for the queued requests any more."""
         with self._changed:
             self._closed = True
+            for batches in self._queues.values():
+                for batch in batches:
+                    for task in batch.tasks:
+                        task.fail(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            self._queues.clear()
             self._changed.notify_all()
         for thread in self._threads:
             thread.join()
@@ -248,78 +156,84 @@ class Batcher:
                 self._run_batch(batch)
 
     def _next_batch(self):
-        """The tasks of the next batch, oldest first; None once closed and empty."""
+        """Removes and returns the next batch to run; None once closed.
+
+        A batch is ready when it is full, a later batch of its key exists, or its first request
+        has waited batch_timeout_micros; of the ready ones, the one opened first runs.
+        """
         limit = self._parameters.max_batch_size
         timeout = self._parameters.batch_timeout_micros / 1e6
         with self._changed:
-            while True:
-                if self._queue:
-                    key = self._queue[0].key
-                    wait = self._queue[0].enqueued + timeout - time.monotonic()
-                    if self._queued_rows[key] >= limit or wait <= 0 or self._closed:
-                        return self._take(key, limit)
-                    self._changed.wait(wait)
-                elif self._closed:
-                    return None
-                else:
-                    self._changed.wait()
-
-    def _take(self, key, limit):
-        """Removes the oldest tasks under `key` that fit in `limit` rows (caller holds the lock)."""
-        batch, rows = [], 0
-        for task in list(self._queue):
-            if task.key == key and rows + task.size <= limit:
-                batch.append(task)
-                rows += task.size
-                self._queue.remove(task)
-        self._queued_rows[key] -= rows
-        return batch
+            while not self._closed:
+                now = time.monotonic()
+                heads = [batches[0] for batches in self._queues.values()]
+                ready = [b for b in heads if b.rows >= limit or b.opened + timeout <= now
+                         or len(self._queues[b.key]) > 1]
+                if ready:
+                    batch = min(ready, key=lambda b: b.opened)
+                    batches = self._queues[batch.key]
+                    batches.popleft()
+                    if not batches:
+                        del self._queues[batch.key]
+                    self.batch_sizes[batch.rows] += 1
+                    return batch
+                wait = min((b.opened + timeout - now for b in heads), default=None)
+                self._changed.wait(wait)
+            return None
 
     def _run_batch(self, batch):
-        rows = sum(task.size for task in batch)
-        self.batch_sizes[rows] += 1
         try:
-            inputs = _merged_inputs(batch, self._padded_size(rows))
-            outputs = self._run(batch[0].key, inputs)
-            for name, array in outputs.items():
-                if array.ndim == 0 or array.shape[0] != len(next(iter(inputs.values()))):
-                    # TF Serving's code for it too; MaskRCNNClient.class_names expects it.
-                    raise StatusError(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        f"Batched output tensor's 0th dimension does not equal the sum of the "
-                        f"0th dimension sizes of the input tensors: output '{name}' has shape "
-                        f"{list(array.shape)}")
+            padded = self._padded_size(batch.rows)
+            outputs = self._run(batch.key, _merged_inputs(batch.tasks, padded))
             start = 0
-            for task in batch:
-                task.outputs = {name: array[start:start + task.size]
+            for task in batch.tasks:
+                task.outputs = {name: _rows(name, array, padded, start, task.size)
                                 for name, array in outputs.items()}
                 start += task.size
-        except Exception as err:  # The run failed: every request of the batch gets its error.
-            for task in batch:
-                task.error = err
-        for task in batch:
-            task.done.set()
+        except StatusError as err:  # Every request of the batch gets the run's error.
+            for task in batch.tasks:
+                task.error = StatusError(err.code, err.message)
+        except Exception as err:  # A bug: reported to each caller as INTERNAL, logged once.
+            logger.exception("batched run failed")
+            for task in batch.tasks:
+                task.error = StatusError(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+        finally:
+            for task in batch.tasks:
+                task.done.set()
 
     def _padded_size(self, rows):
         return next((size for size in self._parameters.allowed_batch_sizes if size >= rows),
                     rows)
 
 
-def _merged_inputs(batch, padded_size):
-    """The batch's inputs concatenated along the 0th dimension, padded to padded_size rows
-    with copies of the first row."""
+def _rows(name, array, batch_rows, start, size):
+    """Rows [start, start + size) of a batched output; FAILED_PRECONDITION (TF Serving's code,
+    which MaskRCNNClient.class_names expects) for an output without the batch dimension."""
+    if array.ndim == 0:
+        raise StatusError(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"Batched output tensor has 0 dimensions: output '{name}'")
+    if array.shape[0] != batch_rows:
+        raise StatusError(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"Batched output tensor's 0th dimension does not equal the sum of the "
+                          f"0th dimension sizes of the input tensors: output '{name}' has shape "
+                          f"{list(array.shape)}")
+    return array[start:start + size]
+
+
+def _merged_inputs(tasks, padded_size):
+    """The tasks' inputs concatenated along the 0th dimension, padded to padded_size rows with
+    copies of the last task's first row (as TF Serving pads)."""
     merged = {}
-    for alias in batch[0].inputs:
-        arrays = [task.inputs[alias] for task in batch]
+    for alias in tasks[0].inputs:
+        arrays = [task.inputs[alias] for task in tasks]
         if len({array.shape[1:] for array in arrays}) > 1:
             raise StatusError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"input '{alias}' has different shapes beyond the 0th dimension in requests "
-                f"batched together ({sorted({tuple(a.shape) for a in arrays})}); TF Serving "
-                f"batches them only with pad_variable_length_inputs: send requests of one "
-                f"shape, or encoded images to serving_default")
+                f"Tensors with name '{alias}' from different tasks have different shapes and "
+                f"padding is turned off ({sorted({tuple(a.shape) for a in arrays})}): send "
+                f"requests of one shape, or encoded images to serving_default")
         rows = sum(len(array) for array in arrays)
         if padded_size > rows:
-            arrays.append(np.repeat(arrays[0][:1], padded_size - rows, axis=0))
+            arrays.append(np.repeat(arrays[-1][:1], padded_size - rows, axis=0))
         merged[alias] = np.concatenate(arrays, axis=0)
     return merged

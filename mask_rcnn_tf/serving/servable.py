@@ -63,8 +63,9 @@ class Servable:
         max_concurrent_runs: int, model runs at once; further requests wait their turn. Each
             run already uses every intra-op thread, so two at once only share the cores and
             thrash their caches (server.py: default_threads).
-        batching: batching.BatchingParameters to merge concurrent requests into batched runs
-            (tensorflow_model_server's --enable_batching), or None to run each request alone.
+        batching: batching_parameters.BatchingParameters to merge concurrent requests into
+            batched runs (tensorflow_model_server's --enable_batching), or None to run each
+            request alone. min(num_batch_threads, max_concurrent_runs) batches run at once.
     """
 
     def __init__(self, name, version, path, max_concurrent_runs=1, batching=None):
@@ -82,11 +83,12 @@ class Servable:
         self._run_slots = threading.BoundedSemaphore(max_concurrent_runs)
         self.batcher = None
         if batching is not None:
-            self.batcher = Batcher(self._run, batching, self._run_slots,
-                                   num_threads=max_concurrent_runs)
+            threads = min(batching.num_batch_threads or max_concurrent_runs, max_concurrent_runs)
+            self.batcher = Batcher(self._run, batching, self._run_slots, num_threads=threads)
 
     def close(self):
-        """Stops the batch threads, if any, after the queued requests have run."""
+        """Stops the batch threads, if any: queued requests fail with UNAVAILABLE, running
+        batches finish (server.py calls it after the grace period)."""
         if self.batcher is not None:
             self.batcher.close()
 
@@ -161,12 +163,13 @@ class Servable:
         key, signature = self.signature(signature_name)
         arrays = self._checked_inputs(key, signature, inputs, parse)
         output_names = self._output_names(signature, output_filter)
+        # Requests with other outputs go to other batches, as TF Serving keys its queues.
+        batch_key = (key, tuple(sorted(output_names)))
         if self.batcher is not None:
-            # Requests with other outputs go to other batches, as TF Serving keys its queues.
-            outputs = self.batcher.submit((key, tuple(output_names)), arrays)
+            outputs = self.batcher.submit(batch_key, arrays)
         else:
             with self._run_slots:
-                outputs = self._run((key, tuple(output_names)), arrays)
+                outputs = self._run(batch_key, arrays)
         return {name: outputs[name] for name in output_names}
 
     def _run(self, batch_key, arrays):

@@ -229,8 +229,8 @@ def serve(model_base_path, model_name, host="127.0.0.1", port=8500, max_workers=
             only; 0 picks a free port (logged).
         intra_op_threads, inter_op_threads: int thread pool sizes; None: default_threads().
         max_concurrent_runs: int, model runs at once (more requests queue).
-        batching: batching.BatchingParameters to merge concurrent requests into batched runs;
-            None: each request runs alone.
+        batching: batching_parameters.BatchingParameters to merge concurrent requests into
+            batched runs; None: each request runs alone.
     """
     from mask_rcnn_tf.serving.rest_server import start_rest_server
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from mask_rcnn_tf.serving import MaskRCNNClient
-from mask_rcnn_tf.serving.batching import Batcher, BatchingParameters, load_batching_parameters
+from mask_rcnn_tf.serving.batching import Batcher
+from mask_rcnn_tf.serving.batching_parameters import BatchingParameters, load_batching_parameters
 from mask_rcnn_tf.serving.servable import Servable
 from mask_rcnn_tf.serving.server import start_server
 from mask_rcnn_tf.serving.status import StatusError
@@ -40,7 +41,8 @@ class RecordingRun:
 
 
 def make_batcher(run, **parameters):
-    return Batcher(run, BatchingParameters(**parameters), threading.BoundedSemaphore(1))
+    return Batcher(run, BatchingParameters(**parameters), threading.BoundedSemaphore(1),
+                   num_threads=1)
 
 
 def submit_all(batcher, arrays, key="k"):
@@ -53,8 +55,11 @@ def submit_all(batcher, arrays, key="k"):
 
 def wait_queued(batcher, rows, key="k"):
     """Waits until `rows` rows are queued under `key`."""
+    def queued():
+        return sum(batch.rows for batch in batcher._queues.get(key, ()))
+
     with batcher._changed:
-        assert batcher._changed.wait_for(lambda: batcher._queued_rows[key] == rows, WAIT)
+        assert batcher._changed.wait_for(lambda: queued() == rows, WAIT)
 
 
 def test_requests_queued_behind_a_run_are_merged_and_get_their_own_rows():
@@ -104,10 +109,20 @@ def test_a_batch_is_padded_to_the_next_allowed_size_with_its_first_row():
     wait_queued(batcher, 3)
     run.release.set()
     results = [future.result(WAIT)["y"].tolist() for future in first + later]
-    assert len(run.batches[1]) == 4  # 3 rows padded to 4
+    assert len(run.batches[1]) == 4  # 3 rows padded to 4 with a copy of a row
     merged = run.batches[1].tolist()
-    assert merged[3] == merged[0]
+    assert sorted(merged[:3]) == [5.0, 6.0, 7.0] and merged[3] in merged[:3]
     assert sorted(results[1:]) == [[10.0, 12.0], [14.0]]
+    batcher.close()
+
+
+def test_a_partial_batch_runs_once_its_first_request_has_waited_the_timeout():
+    run = RecordingRun(hold_first=False)
+    batcher = make_batcher(run, max_batch_size=4, batch_timeout_micros=50_000)
+    (future,) = submit_all(batcher, [np.array([3.0])])
+    np.testing.assert_array_equal(future.result(WAIT)["y"], [6.0])
+    assert batcher.batch_sizes == {1: 1}
+    batcher.close()
 
 
 def test_batch_timeout_gathers_requests_sent_to_an_idle_server():
@@ -135,10 +150,53 @@ def test_oversized_request_and_full_queue_are_refused_with_tf_servings_codes():
     with pytest.raises(StatusError) as info:
         batcher.submit("k", {"x": np.zeros(1)})
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
-    assert "queue" in info.value.message and "full" in info.value.message
+    assert info.value.message == ("The batch scheduling queue to which this task was submitted "
+                                  "is full")
     run.release.set()
     for future in first + queued:
         future.result(WAIT)
+    batcher.close()
+
+
+def test_the_queue_holds_max_enqueued_batches_batches_not_rows():
+    # As TF Serving: with 8 rows a batch and 2 batches, two 5-row requests open one batch each
+    # (they do not fit together), and a third is refused although only 10 of 16 rows are used.
+    run = RecordingRun()
+    batcher = make_batcher(run, max_batch_size=8, max_enqueued_batches=2)
+    first = submit_all(batcher, [np.zeros(1)])
+    assert run.started.wait(WAIT)
+    queued = submit_all(batcher, [np.zeros(5)])
+    wait_queued(batcher, 5)
+    queued += submit_all(batcher, [np.zeros(5)])
+    wait_queued(batcher, 10)
+    with pytest.raises(StatusError) as info:
+        batcher.submit("k", {"x": np.zeros(5)})
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    small = submit_all(batcher, [np.zeros(3)])  # fits the open second batch
+    wait_queued(batcher, 13)
+    run.release.set()
+    for future in first + queued + small:
+        future.result(WAIT)
+    assert sorted(len(batch) for batch in run.batches) == [1, 5, 8]
+    batcher.close()
+
+
+def test_a_full_batch_does_not_wait_behind_another_keys_timeout_and_close_fails_the_queue():
+    run = RecordingRun(hold_first=False)
+    # Key a's timeout is far beyond WAIT: a full batch held behind it would fail the test.
+    batcher = make_batcher(run, max_batch_size=2, batch_timeout_micros=600_000_000)
+    (waiting,) = submit_all(batcher, [np.array([1.0])], key="a")
+    wait_queued(batcher, 1, key="a")
+    full = submit_all(batcher, [np.array([2.0]), np.array([3.0])], key="b")
+    for future in full:
+        future.result(WAIT)
+    assert not waiting.done()
+    batcher.close()
+    with pytest.raises(StatusError) as info:
+        waiting.result(WAIT)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(StatusError, match="shutting down"):
+        batcher.submit("a", {"x": np.zeros(1)})
 
 
 def test_inputs_without_a_common_batch_dimension_are_refused():
@@ -147,7 +205,7 @@ def test_inputs_without_a_common_batch_dimension_are_refused():
         with pytest.raises(StatusError) as info:
             batcher.submit("k", inputs)
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-        assert "Batching session Run() input tensors must have" in info.value.message
+        assert info.value.message.startswith("Batching Run() input tensors must have")
     batcher.close()
 
 
@@ -171,7 +229,8 @@ def test_inputs_of_different_shapes_fail_their_batch_with_failed_precondition():
         with pytest.raises(StatusError) as info:
             future.result(WAIT)
         assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
-        assert "input 'x' has different shapes" in info.value.message
+        assert info.value.message.startswith(
+            "Tensors with name 'x' from different tasks have different shapes")
     assert not run.batches
     batcher.close()
 
@@ -185,7 +244,7 @@ def test_the_shipped_parameters_file_is_read_as_tf_serving_reads_it():
 @pytest.mark.parametrize("text, message", [
     ("max_batch_size { value: 4 }\nenable_large_batch_splitting: true\n",
      'has no field named "enable_large_batch_splitting"'),
-    ("max_batch_size: 4\n", "max_batch_size"),
+    ("max_batch_size: 4\n", 'Expected "{"'),
     ("max_batch_size { value: 0 }\n", "max_batch_size must be at least 1, got 0"),
     ("max_batch_size { value: 4 }\nallowed_batch_sizes: 2\nallowed_batch_sizes: 3\n",
      r"allowed_batch_sizes must increase and end at max_batch_size \(4\), got \[2, 3\]"),
@@ -296,7 +355,12 @@ def test_serve_command_names_a_bad_batching_file(tmp_path, capsys):
     path = tmp_path / "batching.txt"
     path.write_text("max_batch_size { value: -2 }\n")
     assert main(["serve", "--model-base-path", str(tmp_path), "--model-name", "m",
-                 "--batching-parameters-file", str(path)]) == 2
+                 "--enable-batching", "--batching-parameters-file", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"mask-rcnn serve: error: {path}: batching parameter max_batch_size must be at least 1, "
         f"got -2")
+    # As tensorflow_model_server: a parameters file alone is a mistake, not batching.
+    assert main(["serve", "--model-base-path", str(tmp_path), "--model-name", "m",
+                 "--batching-parameters-file", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "mask-rcnn serve: error: --batching-parameters-file is set without --enable-batching")
