@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from served_path import ROOT, _config, _export, _jpeg, print_report, timing_parser  # noqa: E402
+from served_path import (ROOT, bench_config, export_model, print_report,  # noqa: E402
+                         request_jpeg, timing_parser)
 
 
 def main():
@@ -34,13 +35,13 @@ def main():
     tf.config.threading.set_inter_op_parallelism_threads(1)  # as the dev server (server.py)
     from mask_rcnn_tf.modeling.factory import build_model
 
-    config = _config(args.tiny)
-    jpeg = _jpeg(args.tiny)
+    config = bench_config(args.tiny)
+    jpeg = request_jpeg(args.tiny)
     with tempfile.TemporaryDirectory() as scratch:
         keras.utils.set_random_seed(0)
         weights = str(Path(scratch) / "random.weights.h5")
         build_model(config.model, image_size=config.data.pad_size).save_weights(weights)
-        _export(config, weights, Path(scratch) / "export", "float32", None)
+        export_model(config, weights, Path(scratch) / "export", "float32", None)
         signature = tf.saved_model.load(str(Path(scratch) / "export" / "1")).signatures[
             "serving_default"]
 

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from served_path import _iou  # noqa: E402
+from served_path import box_iou  # noqa: E402
 
 
 def _matches(full, low, i, size, decode_mask):
@@ -30,7 +30,7 @@ def _matches(full, low, i, size, decode_mask):
     box = False
     for j in range(int(low["num_detections"][0])):
         if (low["detection_classes"][0, j] != full["detection_classes"][0, i]
-                or _iou(low["detection_boxes"][0, j], full["detection_boxes"][0, i]) <= 0.9):
+                or box_iou(low["detection_boxes"][0, j], full["detection_boxes"][0, i]) <= 0.9):
             continue
         box = True
         other = decode_mask(low["detection_masks_encoded_bytes"][0, j], size)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from served_path import IMAGE_SIZE, _median_ms, timing_parser  # noqa: E402
+from served_path import IMAGE_SIZE, median_ms, timing_parser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PADDED_SIZE = (800, 1344)
@@ -118,7 +118,7 @@ def _worker(args):
     def timed(stage):
         fn, args_ = stage_fns[stage], inputs[stage]
         # .numpy() of one output: the call's work is done when the host has the result.
-        return _median_ms(lambda: tf.nest.flatten(fn(*args_))[0].numpy(), args.runs,
+        return median_ms(lambda: tf.nest.flatten(fn(*args_))[0].numpy(), args.runs,
                           args.warmup)
 
     return {"ms": {stage: timed(stage) for stage in STAGES},

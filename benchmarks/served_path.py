@@ -60,7 +60,7 @@ MODEL_NAME = "bench"
 BATCHING_FILE = str(ROOT / "serving" / "batching_parameters.txt")
 
 
-def _median_ms(fn, runs, warmup):
+def median_ms(fn, runs, warmup):
     for _ in range(warmup):
         fn()
     times = []
@@ -71,7 +71,7 @@ def _median_ms(fn, runs, warmup):
     return 1000.0 * statistics.median(times)
 
 
-def _jpeg(tiny):
+def request_jpeg(tiny):
     from PIL import Image
 
     if tiny:
@@ -86,7 +86,7 @@ def _jpeg(tiny):
     return buffer.getvalue()
 
 
-def _config(tiny):
+def bench_config(tiny):
     from mask_rcnn_tf.config import load_config
 
     if tiny:
@@ -96,7 +96,7 @@ def _config(tiny):
                        ["model.roi_heads.score_threshold=0.0"])
 
 
-def _export(config, weights, base, precision, encoding):
+def export_model(config, weights, base, precision, encoding):
     """Writes base/1 from `weights`; encoding None, or "png" (with the full uint8 masks too)
     or "rle" for detection_masks_encoded_bytes."""
     from mask_rcnn_tf.export.saved_model import build_model_for_precision, save_servable
@@ -188,15 +188,15 @@ def _profile(args, config, model, signature, jpeg, target, rest_target, batching
         return detections_from_outputs(arrays, 0, None, None, 0.0, 0.5)
 
     ms = {
-        "decode": _median_ms(lambda: decode(tf.constant(jpeg)).numpy(), args.runs, args.warmup),
-        "preprocessing": _median_ms(lambda: preprocess(pixels)[0].numpy(), args.runs,
+        "decode": median_ms(lambda: decode(tf.constant(jpeg)).numpy(), args.runs, args.warmup),
+        "preprocessing": median_ms(lambda: preprocess(pixels)[0].numpy(), args.runs,
                                     args.warmup),
-        "network": _median_ms(lambda: network(padded[None], sizes)["num_detections"].numpy(),
+        "network": median_ms(lambda: network(padded[None], sizes)["num_detections"].numpy(),
                               args.runs, args.warmup),
-        "in_process_signature": _median_ms(
+        "in_process_signature": median_ms(
             lambda: signature(images=encoded)["num_detections"].numpy(), args.runs, args.warmup),
-        "serialization": _median_ms(serialize, args.runs, args.warmup),
-        "client_decode": _median_ms(client_decode, args.runs, args.warmup),
+        "serialization": median_ms(serialize, args.runs, args.warmup),
+        "client_decode": median_ms(client_decode, args.runs, args.warmup),
     }
     ms["postprocessing"] = ms["in_process_signature"] - ms["decode"] - ms["preprocessing"] \
         - ms["network"]
@@ -205,13 +205,13 @@ def _profile(args, config, model, signature, jpeg, target, rest_target, batching
                                         ("rest", MaskRCNNRestClient, rest_target)):
         with client_class(address, MODEL_NAME, timeout=600) as client:
             client.wait_until_ready(timeout=900)
-            server[f"{name}_latency_c1"] = _median_ms(lambda: client.predict([jpeg]), args.runs,
+            server[f"{name}_latency_c1"] = median_ms(lambda: client.predict([jpeg]), args.runs,
                                                       args.warmup)
     ms["transport"] = server["grpc_latency_c1"] - ms["in_process_signature"] \
         - ms["serialization"] - ms["client_decode"]
     with MaskRCNNClient(batching_target, MODEL_NAME, timeout=600) as client:
         client.wait_until_ready(timeout=900)
-        server["batching_grpc_latency_c1"] = _median_ms(lambda: client.predict([jpeg]),
+        server["batching_grpc_latency_c1"] = median_ms(lambda: client.predict([jpeg]),
                                                         args.runs, args.warmup)
     server.update(_throughput({"": target, "batching_": batching_target}, jpeg, 2 * args.runs,
                               args.rounds))
@@ -289,7 +289,7 @@ def _mask_sizes(args, signatures, jpeg):
 
         masks[name] = np.array([d.mask for d in decode()])
         results[name] = {"response_bytes": len(wire),
-                         "client_decode_ms": _median_ms(decode, args.runs, args.warmup)}
+                         "client_decode_ms": median_ms(decode, args.runs, args.warmup)}
     for name in ("encoded_png", "encoded_rle"):
         results[f"{name}_equals_full"] = bool(np.array_equal(masks[name], masks["full_uint8"]))
     results["detections"] = int(len(masks["full_uint8"]))
@@ -306,12 +306,12 @@ def _mask_sizes(args, signatures, jpeg):
             m, b, s, valid, 0.5, "rle")),
     }
     for name, build in builders.items():
-        results[name]["in_graph_ms"] = _median_ms(lambda build=build: build(*args_).numpy(),
+        results[name]["in_graph_ms"] = median_ms(lambda build=build: build(*args_).numpy(),
                                                   args.runs, args.warmup)
     return results
 
 
-def _iou(a, b):
+def box_iou(a, b):
     inter = np.prod(np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None))
     union = np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter
     return inter / union if union > 0 else 0.0
@@ -352,7 +352,7 @@ def _bfloat16(args, signature_f32, signature_bf16, jpeg, scratch):
             best_box = best_mask = False
             for j in range(int(low["num_detections"][0])):
                 if low["detection_classes"][0, j] != full["detection_classes"][0, i] or \
-                        _iou(low["detection_boxes"][0, j], full["detection_boxes"][0, i]) <= 0.9:
+                        box_iou(low["detection_boxes"][0, j], full["detection_boxes"][0, i]) <= 0.9:
                     continue
                 best_box = True
                 union = np.logical_or(mask, low_masks[j]).sum()
@@ -399,8 +399,8 @@ def main():
     tf.config.threading.set_inter_op_parallelism_threads(1)  # as the dev server (server.py)
     from mask_rcnn_tf.modeling.factory import build_model
 
-    config = _config(args.tiny)
-    jpeg = _jpeg(args.tiny)
+    config = bench_config(args.tiny)
+    jpeg = request_jpeg(args.tiny)
     report = {}
     with tempfile.TemporaryDirectory() as scratch:
         keras.utils.set_random_seed(0)
@@ -409,7 +409,7 @@ def main():
         exports = {(precision, encoding): Path(scratch) / f"{precision}_{encoding}"
                    for precision, encoding in (("float32", None), ("float32", "png"),
                                                ("float32", "rle"), ("bfloat16", "rle"))}
-        models = {key: _export(config, weights, path, *key) for key, path in exports.items()}
+        models = {key: export_model(config, weights, path, *key) for key, path in exports.items()}
         signatures = {key: tf.saved_model.load(str(path / "1")).signatures["serving_default"]
                       for key, path in exports.items()}
         servers = {}

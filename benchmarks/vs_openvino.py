@@ -29,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from served_path import IMAGE_SIZE, _config, _export, _median_ms, print_report, timing_parser  # noqa: E402
+from served_path import (IMAGE_SIZE, bench_config, export_model, median_ms,  # noqa: E402
+                         print_report, timing_parser)
 
 
 def _photo(size):
@@ -67,7 +68,7 @@ def _openvino_ms(path, image, precision, args):
     compiled = core.compile_model(str(path), "CPU", config)
     used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     request = compiled.create_infer_request()
-    ms = _median_ms(lambda: request.infer({0: image}), args.runs, args.warmup)
+    ms = median_ms(lambda: request.infer({0: image}), args.runs, args.warmup)
     detections = int(request.get_output_tensor(0).data.shape[0])
     # [D, 1, 28, 28] when the paste is out of the graph, as intended.
     mask_shape = list(request.get_output_tensor(3).data.shape)
@@ -96,7 +97,7 @@ def main():
 
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(2)
-        config = _config(args.tiny)
+        config = bench_config(args.tiny)
         buffer = io.BytesIO()
         Image.fromarray(_photo(size)).save(buffer, format="JPEG", quality=90)
         jpeg = tf.constant([buffer.getvalue()])
@@ -105,9 +106,9 @@ def main():
         build_model(config.model, image_size=config.data.pad_size).save_weights(weights)
         for precision, key in (("float32", "f32"), ("bfloat16", "bf16")):
             base = Path(scratch) / precision
-            _export(config, weights, base, precision, None)
+            export_model(config, weights, base, precision, None)
             signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
-            ms = _median_ms(lambda: signature(images=jpeg)["num_detections"].numpy(),
+            ms = median_ms(lambda: signature(images=jpeg)["num_detections"].numpy(),
                             args.runs, args.warmup)
             report["ours"][key] = {"ms": ms, "ratio_to_openvino":
                                    ms / report["openvino"][key]["ms"]}
