@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from served_path import (ROOT, bench_config, export_model, print_report,  # noqa: E402
-                         request_jpeg, timing_parser)
+                         random_weights, request_jpeg, timing_parser)
 
 
 def main():
@@ -28,20 +28,16 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     sys.path.insert(0, str(ROOT))
-    import keras
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)  # as the dev server (server.py)
-    from mask_rcnn_tf.modeling.factory import build_model
+    from mask_rcnn_tf.serving.server import configure_threads
 
+    configure_threads(args.threads)  # and one inter-op thread, as the dev server
     config = bench_config(args.tiny)
     jpeg = request_jpeg(args.tiny)
     with tempfile.TemporaryDirectory() as scratch:
-        keras.utils.set_random_seed(0)
-        weights = str(Path(scratch) / "random.weights.h5")
-        build_model(config.model, image_size=config.data.pad_size).save_weights(weights)
-        export_model(config, weights, Path(scratch) / "export", "float32", None)
+        export_model(config, random_weights(config, scratch), Path(scratch) / "export",
+                     "float32", None)
         signature = tf.saved_model.load(str(Path(scratch) / "export" / "1")).signatures[
             "serving_default"]
 

@@ -96,6 +96,19 @@ def bench_config(tiny):
                        ["model.roi_heads.score_threshold=0.0"])
 
 
+def random_weights(config, folder):
+    """Writes the model's random weights (Keras initializers, seed 0) into `folder`; returns
+    the file's path, for export_model."""
+    import keras
+
+    from mask_rcnn_tf.modeling.factory import build_model
+
+    keras.utils.set_random_seed(0)
+    path = str(Path(folder) / "random.weights.h5")
+    build_model(config.model, image_size=config.data.pad_size).save_weights(path)
+    return path
+
+
 def export_model(config, weights, base, precision, encoding):
     """Writes base/1 from `weights`; encoding None, or "png" (with the full uint8 masks too)
     or "rle" for detection_masks_encoded_bytes."""
@@ -392,20 +405,16 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     sys.path.insert(0, str(ROOT))
-    import keras
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)  # as the dev server (server.py)
-    from mask_rcnn_tf.modeling.factory import build_model
+    from mask_rcnn_tf.serving.server import configure_threads
 
+    configure_threads(args.threads)  # and one inter-op thread, as the dev server
     config = bench_config(args.tiny)
     jpeg = request_jpeg(args.tiny)
     report = {}
     with tempfile.TemporaryDirectory() as scratch:
-        keras.utils.set_random_seed(0)
-        weights = str(Path(scratch) / "random.weights.h5")
-        build_model(config.model, image_size=config.data.pad_size).save_weights(weights)
+        weights = random_weights(config, scratch)
         exports = {(precision, encoding): Path(scratch) / f"{precision}_{encoding}"
                    for precision, encoding in (("float32", None), ("float32", "png"),
                                                ("float32", "rle"), ("bfloat16", "rle"))}

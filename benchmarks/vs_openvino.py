@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from served_path import (IMAGE_SIZE, bench_config, export_model, median_ms,  # noqa: E402
-                         print_report, timing_parser)
+                         print_report, random_weights, timing_parser)
 
 
 def _photo(size):
@@ -89,11 +89,8 @@ def main():
 
         import io
 
-        import keras
         import tensorflow as tf
         from PIL import Image
-
-        from mask_rcnn_tf.modeling.factory import build_model
 
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(2)
@@ -101,9 +98,7 @@ def main():
         buffer = io.BytesIO()
         Image.fromarray(_photo(size)).save(buffer, format="JPEG", quality=90)
         jpeg = tf.constant([buffer.getvalue()])
-        keras.utils.set_random_seed(0)
-        weights = str(Path(scratch) / "random.weights.h5")
-        build_model(config.model, image_size=config.data.pad_size).save_weights(weights)
+        weights = random_weights(config, scratch)
         for precision, key in (("float32", "f32"), ("bfloat16", "bf16")):
             base = Path(scratch) / precision
             export_model(config, weights, base, precision, None)
